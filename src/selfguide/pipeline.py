@@ -1,0 +1,170 @@
+"""The Python API: load a task and a config, run stages in order. The CLI is a thin layer on this."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import yaml
+
+from selfguide.backends import Backend
+from selfguide.config import RunConfig, load_config, to_dict
+from selfguide.progress import Progress
+from selfguide.stages.context import Context
+from selfguide.store import atomic_write_text
+from selfguide.task import TaskSpec, load_task
+
+log = logging.getLogger(__name__)
+
+
+def make_context(
+    task: str | Path | TaskSpec,
+    *,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    extra: Optional[dict[str, Any]] = None,
+    cfg: Optional[RunConfig] = None,
+    force: bool = False,
+    backend_factory: Optional[Callable[[], Backend]] = None,
+    progress: Optional[Progress] = None,
+) -> Context:
+    """Validate everything before anything is written: task file, config, overrides."""
+    spec = task if isinstance(task, TaskSpec) else load_task(task)
+    run_cfg = cfg or load_config(config, overrides, extra)
+    ctx = Context(run_cfg, spec, force=force, backend_factory=backend_factory, progress=progress or Progress())
+    return ctx
+
+
+def save_resolved_config(ctx: Context) -> Path:
+    """runs/<name>/<task>/config.yaml: the fully resolved config of the latest invocation."""
+    path = ctx.task_dir / "config.yaml"
+    body = {"task": ctx.task.summary() | {"source": ctx.task.source}, **to_dict(ctx.cfg)}
+    atomic_write_text(path, yaml.safe_dump(body, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def synthesize(ctx: Context) -> dict[str, Any]:
+    """generate -> annotate; returns both manifests."""
+    from selfguide.stages.annotate import run_annotate
+    from selfguide.stages.generate import run_generate
+
+    save_resolved_config(ctx)
+    gen = run_generate(ctx)
+    ann = run_annotate(ctx)
+    return {"generate": gen, "annotate": ann}
+
+
+@dataclass
+class RunResult:
+    """What `selfguide.run` returns: where everything is, and the verdict when known."""
+
+    task_id: str
+    run_dir: Path
+    manifests: dict[str, Any] = field(default_factory=dict)
+    verdict: Optional[dict[str, Any]] = None
+    report: Optional[Path] = None
+
+
+def _hf_factory(ctx: Context, model: str) -> Callable[[], Backend]:
+    """Lazily build (once) an hf backend for `model` with the run's dtype and batch size."""
+    holder: dict[str, Backend] = {}
+
+    def factory() -> Backend:
+        if "b" not in holder:
+            from selfguide.backends import get_backend
+
+            m = ctx.cfg.model
+            holder["b"] = get_backend("hf", model=model, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads)
+        return holder["b"]
+
+    factory.holder = holder  # type: ignore[attr-defined]
+    return factory
+
+
+def evaluate_baselines(ctx: Context) -> dict[str, Any]:
+    """Prompting baselines on the base model: few-shot (the paper's) and zero-shot."""
+    from selfguide.models import resolve_model
+    from selfguide.stages.evaluate import run_evaluate
+
+    ident = resolve_model(ctx.cfg.model.name).identity()
+    ident = {"name": ident["name"], "sha256": ident["sha256"], "dtype": ctx.cfg.model.dtype}
+    # Reuse the synthesis backend when it already is this model on hf; else load it once.
+    factory = ctx.backend if ctx.cfg.model.backend == "hf" and ctx.backend_factory is None else _hf_factory(ctx, ctx.cfg.model.name)
+    out = {}
+    for shots in ctx.cfg.evaluate.baselines:
+        out[f"prompt-{shots}"] = run_evaluate(ctx, f"prompt-{shots}", ident, factory, shots=shots)
+    return out
+
+
+def evaluate_finetuned(ctx: Context, train_manifest: dict[str, Any]) -> dict[str, Any]:
+    from selfguide.stages.evaluate import run_evaluate
+
+    model_dir = train_manifest["model_dir"]
+    ident = {"name": f"selfguide:{ctx.task.id}", "train_finished_at": train_manifest["finished_at"], "dtype": ctx.cfg.model.dtype}
+    factory = _hf_factory(ctx, model_dir)
+    try:
+        return run_evaluate(ctx, "selfguide", ident, factory, shots="fewshot")
+    finally:
+        if factory.holder:  # type: ignore[attr-defined]
+            factory.holder["b"].close()  # type: ignore[attr-defined]
+
+
+def run(
+    task: str | Path | TaskSpec,
+    *,
+    model: Optional[str] = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    quick: bool = False,
+    force: bool = False,
+    backend_factory: Optional[Callable[[], Backend]] = None,
+    progress: Optional[Progress] = None,
+    ctx: Optional[Context] = None,
+) -> RunResult:
+    """All stages in order: generate -> annotate -> baselines -> train -> evaluate -> verdict -> report.
+
+    Every stage resumes or skips what is already done, so calling this again after a crash or
+    Ctrl-C continues where it stopped.
+    """
+    import time
+
+    from selfguide.config import QUICK_PRESET
+    from selfguide.report import write_report
+    from selfguide.stages.evaluate import verdict as compute_verdict
+    from selfguide.stages.train import run_train, write_model_card
+    from selfguide.store import atomic_write_json
+
+    if ctx is None:
+        extra: dict[str, Any] = dict(QUICK_PRESET) if quick else {}
+        if model:
+            extra["model.name"] = model
+        ctx = make_context(task, config=config, overrides=overrides, extra=extra, force=force,
+                           backend_factory=backend_factory, progress=progress)
+    timings: dict[str, float] = {}
+    result = RunResult(ctx.task.id, ctx.task_dir)
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.time()
+        value = fn()
+        timings[name] = round(time.time() - t0, 1)
+        return value
+
+    manifests = timed("synthesize", lambda: synthesize(ctx))
+    manifests["baselines"] = timed("evaluate-baselines", lambda: evaluate_baselines(ctx))
+    ctx.close_backend()  # free the generation model before training needs the memory
+    manifests["train"] = timed("train", lambda: run_train(ctx))
+    manifests["selfguide"] = timed("evaluate-finetuned", lambda: evaluate_finetuned(ctx, manifests["train"]))
+    v = compute_verdict(ctx)
+    v["model"] = manifests["generate"]["inputs"]["model"]
+    v["stage_seconds"] = {name: m.get("seconds") for name, m in
+                          [("generate", manifests["generate"]), ("annotate", manifests["annotate"]), ("train", manifests["train"]),
+                           *[(f"evaluate {k}", m) for k, m in manifests["baselines"].items()], ("evaluate selfguide", manifests["selfguide"])]}
+    v["wall_seconds_this_call"] = timings
+    atomic_write_json(ctx.task_dir / "verdict.json", v)
+    write_model_card(ctx, Path(manifests["train"]["model_dir"]), manifests["train"]["counts"], v)
+    result.manifests = manifests
+    result.verdict = v
+    result.report = write_report(ctx, manifests, v)
+    return result

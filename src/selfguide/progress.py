@@ -1,0 +1,56 @@
+"""Progress display: rich bars on a terminal, a log line every few steps elsewhere (CI, files)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+log = logging.getLogger("selfguide")
+
+
+class Progress:
+    def __init__(self, enabled: Optional[bool] = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+
+    @contextmanager
+    def bar(self, description: str, total: int, unit: str = "items") -> Iterator["Bar"]:
+        bar = Bar(description, total, unit, self.enabled)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+
+class Bar:
+    def __init__(self, description: str, total: int, unit: str, rich_enabled: bool):
+        self.description, self.total, self.unit = description, total, unit
+        self.done = 0
+        self.started = time.time()
+        self._last_log = 0.0
+        self._rich = None
+        if rich_enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._rich = RichProgress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+            )
+            self._rich.start()
+            self._task = self._rich.add_task(description, total=total, rate="")
+
+    def advance(self, k: int = 1, done: Optional[int] = None) -> None:
+        self.done = done if done is not None else self.done + k
+        elapsed = max(time.time() - self.started, 1e-9)
+        rate = f"{self.done / elapsed:.2f} {self.unit}/s"
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.done, rate=rate)
+        elif time.time() - self._last_log > 15 or self.done >= self.total:
+            self._last_log = time.time()
+            log.info("%s: %d/%d %s (%s)", self.description, self.done, self.total, self.unit, rate)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()

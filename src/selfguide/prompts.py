@@ -1,0 +1,133 @@
+"""Prompt builders (pure): chat messages for input generation and for the task itself.
+
+The task prompt is one function on purpose: annotation, training, evaluation and the prompting
+baseline all use `task_messages`, so the finetuned model sees at test time exactly what it was
+trained on (method.md §6). Backends render messages with the model's own chat template.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional, Sequence
+
+from selfguide.task import Example, TaskSpec
+
+Message = dict[str, str]
+
+SEPARATOR = "-" * 50
+# The assistant turn of an input-generation prompt starts with this, as the authors' prompt ended
+# with `[input]=`: small models then write the input itself instead of a preamble.
+INPUT_PREFILL = '[input]="'
+# Completions of input generation stop at the end of the quoted input or at a second field.
+INPUT_STOP = ('"\n', "\n\n", "[output]", "\n[input]")
+
+
+def input_generation_messages(
+    task: TaskSpec,
+    example_inputs: Sequence[str],
+    pool_inputs: Sequence[str],
+    label: Optional[str] = None,
+) -> list[Message]:
+    """One prompt asking for one new input (method.md §4.1, authors' template adapted to chat)."""
+    high = "\n\n".join(f'[input]="{x}"' for x in example_inputs)
+    low = "\n\n".join(f'[input]="{x}"' for x in pool_inputs) if pool_inputs else "N/A"
+    directive = (
+        "After seeing these examples, write one new [input]. It must obey the [instruction] and copy the "
+        "format of the high-quality [input]s."
+    )
+    if label is not None:
+        directive += (
+            f' The expected [output] for your new [input] is "{label}". '
+            f'Write an [input] whose correct [output] is "{label}".'
+        )
+    directive += " Think twice, then reply with the new [input] only."
+    text = "\n".join(
+        [
+            "You are an InputGenerator. Your job is to write a new [input] for the task in [instruction], "
+            "based on the example [input]s below.",
+            "The new [input] must be different from the provided ones, yet diverse, detailed, precise and of "
+            "high quality. Do not repeat a provided [input].",
+            SEPARATOR,
+            "[instruction]",
+            "",
+            task.instruction,
+            SEPARATOR,
+            "These are high-quality [input]s. They fix a strict format: pay extreme attention to it.",
+            "",
+            high,
+            SEPARATOR,
+            "These are extra [input]s written earlier. They may be inaccurate in format or content, but you may "
+            "consult them.",
+            "",
+            low,
+            SEPARATOR,
+            directive,
+        ]
+    )
+    return [{"role": "user", "content": text}]
+
+
+def sample_generation_prompt(
+    task: TaskSpec,
+    pool: Sequence[str],
+    rng: random.Random,
+    max_pool_examples: int,
+    label_conditioned: bool,
+) -> tuple[list[Message], Optional[str]]:
+    """Draw the random parts of one generation prompt: example order, pool sample, target label."""
+    example_inputs = [e.input for e in task.examples]
+    rng.shuffle(example_inputs)
+    k_max = min(max_pool_examples, len(pool))
+    pool_sample = rng.sample(list(pool), rng.randint(1, k_max)) if k_max > 0 else []
+    label = rng.choice(task.labels) if (label_conditioned and task.labels) else None
+    return input_generation_messages(task, example_inputs, pool_sample, label), label
+
+
+def system_text(task: TaskSpec) -> str:
+    text = task.instruction
+    if task.labels:
+        text += "\n\nAnswer with exactly one of: " + ", ".join(task.labels) + "."
+    else:
+        text += "\n\nAnswer with the output only."
+    return text
+
+
+def task_messages(
+    task: TaskSpec,
+    new_input: str,
+    shots: Sequence[Example] | None = None,
+) -> list[Message]:
+    """The task prompt: instruction, demonstrations as chat turns, then the new input.
+
+    `shots=None` uses the task's examples (few-shot); `shots=()` gives the zero-shot prompt.
+    """
+    demos = task.examples if shots is None else shots
+    messages: list[Message] = [{"role": "system", "content": system_text(task)}]
+    for ex in demos:
+        messages.append({"role": "user", "content": ex.input})
+        messages.append({"role": "assistant", "content": ex.output})
+    messages.append({"role": "user", "content": new_input})
+    return messages
+
+
+def parse_generated_input(text: str) -> str:
+    """Turn a completion of an input-generation prompt into one clean input.
+
+    Strips echoed markers and wrapping quotes, and cuts at a second input or an output field.
+    Returns "" when nothing usable is left (the caller rejects it as empty).
+    """
+    s = text.replace("\r\n", "\n").strip()
+    for marker in ("[input]=", "[input] =", "[input]:", "[input]", "input:", "Input:"):
+        if s.startswith(marker):
+            s = s[len(marker):].lstrip()
+    if s.startswith('"'):
+        s = s[1:]
+    cut = len(s)
+    for marker in ("[input]", "[output]", "[instruction]", "\n\n", "<|im_end|>", "<|im_start|>"):
+        pos = s.find(marker)
+        if pos != -1:
+            cut = min(cut, pos)
+    s = s[:cut].strip()
+    if s.endswith('"') and s.count('"') % 2 == 1:
+        s = s[:-1]
+    return s.strip()

@@ -1,0 +1,180 @@
+"""Stage 1: the model writes new task inputs, in rounds, filtered per round (method.md §4).
+
+Each round builds `prompts_per_round` prompts from the pool accepted so far, samples them in one
+backend call, parses and filters the completions, and appends every candidate (kept or rejected,
+with its reason and raw text) to candidates.jsonl in one write. A round is the unit of resume:
+its seed depends only on (seed, task, round), so a resumed run writes the same records.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from selfguide import prompts
+from selfguide.config import to_dict
+from selfguide.filters import DedupIndex, LengthWindow, check_input, length_window
+from selfguide.stages.context import Context, derive_seed
+from selfguide.store import Stage, append_records, read_records, write_records
+
+log = logging.getLogger(__name__)
+STAGE = "generate"
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """The generate config with the task-dependent defaults filled in."""
+
+    target_inputs: int
+    rounds: int
+    prompts_per_round: int
+    temperature: float
+    top_k: int
+    top_p: float
+    max_new_tokens: int
+    max_pool_examples: int
+    label_conditioned: bool
+    window: Optional[LengthWindow]
+    near_duplicate_threshold: Optional[float]
+    noise_terms: tuple[str, ...]
+
+
+def resolve_settings(ctx: Context) -> GenerateSettings:
+    g, task = ctx.cfg.generate, ctx.task
+    cls = task.kind == "classification"
+    target = g.target_inputs or (400 if cls else 200)
+    window = length_window([len(e.input) for e in task.examples]) if g.length_filter else None
+    upper_chars = window.high if window else max(len(e.input) for e in task.examples) * 2
+    # ~3.5 characters per token in English; a little slack so the closing quote fits.
+    max_new = g.max_new_tokens or min(512, max(32, math.ceil(upper_chars / 3.5) + 16))
+    return GenerateSettings(
+        target_inputs=target,
+        rounds=math.ceil(target / g.prompts_per_round),
+        prompts_per_round=g.prompts_per_round,
+        temperature=g.temperature if g.temperature is not None else (0.6 if cls else 1.0),
+        top_k=g.top_k,
+        top_p=g.top_p,
+        max_new_tokens=max_new,
+        max_pool_examples=g.max_pool_examples,
+        label_conditioned=g.label_conditioned and cls,
+        window=window,
+        near_duplicate_threshold=g.near_duplicate_threshold,
+        noise_terms=tuple(task.noise_terms) + tuple(g.noise_terms),
+    )
+
+
+def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
+    d = {k: getattr(s, k) for k in s.__dataclass_fields__}
+    d["window"] = [s.window.low, s.window.high] if s.window else None
+    d["noise_terms"] = list(s.noise_terms)
+    return d
+
+
+def make_stage(ctx: Context) -> Stage:
+    settings = resolve_settings(ctx)
+    config = {"seed": ctx.cfg.seed, "generate": to_dict(ctx.cfg.generate), "resolved": _settings_dict(settings)}
+    inputs = {"task": ctx.task.fingerprint(), "model": ctx.model_identity()}
+    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs)
+
+
+def _complete_rounds(records: list[dict[str, Any]], per_round: int) -> tuple[list[dict[str, Any]], int]:
+    """Records of the leading run of complete rounds, and how many rounds that is."""
+    by_round: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        by_round.setdefault(r["round"], []).append(r)
+    kept: list[dict[str, Any]] = []
+    n = 0
+    while n in by_round and len(by_round[n]) == per_round:
+        kept.extend(by_round[n])
+        n += 1
+    return kept, n
+
+
+def run_generate(ctx: Context) -> dict[str, Any]:
+    """Run (or resume, or skip) input generation for one task; returns the manifest."""
+    stage = make_stage(ctx)
+    state = stage.begin(ctx.force)
+    if state == "done":
+        log.info("generate[%s]: up to date, skipping (--force to redo)", ctx.task.id)
+        return stage.manifest()  # type: ignore[return-value]
+    started = time.time()
+    s = resolve_settings(ctx)
+    task = ctx.task
+    cand_path = stage.dir / "candidates.jsonl"
+    existing = read_records(cand_path, repair=True)
+    records, done_rounds = _complete_rounds(existing, s.prompts_per_round)
+    if len(records) != len(existing):
+        log.warning("generate[%s]: dropping %d records of an unfinished round", task.id, len(existing) - len(records))
+        write_records(cand_path, records)
+    if done_rounds:
+        log.info("generate[%s]: resuming after round %d of %d", task.id, done_rounds, s.rounds)
+
+    dedup = DedupIndex(s.near_duplicate_threshold)
+    for ex in task.examples:
+        dedup.add(ex.input)
+    pool: list[str] = []
+    for r in records:
+        if r["status"] == "kept":
+            pool.append(r["input"])
+            dedup.add(r["input"])
+
+    with ctx.progress.bar(f"generate {task.id}", s.rounds, "rounds") as bar:
+        bar.advance(done=done_rounds)
+        for rnd in range(done_rounds, s.rounds):
+            rng = random.Random(derive_seed(ctx.cfg.seed, task.id, STAGE, rnd))
+            drafts = [
+                prompts.sample_generation_prompt(task, pool, rng, s.max_pool_examples, s.label_conditioned)
+                for _ in range(s.prompts_per_round)
+            ]
+            backend = ctx.backend()
+            rendered = [backend.render(messages, prompts.INPUT_PREFILL) for messages, _ in drafts]
+            outs = backend.generate(
+                rendered, n=1, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                max_new_tokens=s.max_new_tokens, stop=prompts.INPUT_STOP,
+                seed=derive_seed(ctx.cfg.seed, task.id, STAGE, rnd, "sample"),
+            )
+            batch = []
+            for i, ((_, label), samples) in enumerate(zip(drafts, outs)):
+                raw = samples[0]
+                text = prompts.parse_generated_input(raw)
+                reason = check_input(text, s.window, s.noise_terms, dedup)
+                rec = {
+                    "id": f"{task.id}:g:r{rnd:04d}:{i:03d}", "round": rnd, "index": i, "input": text, "raw": raw,
+                    "target_label": label, "status": "rejected" if reason else "kept", "reason": reason,
+                }
+                if not reason:
+                    dedup.add(text)
+                batch.append(rec)
+            pool.extend(r["input"] for r in batch if r["status"] == "kept")
+            append_records(cand_path, batch)
+            records.extend(batch)
+            bar.advance()
+
+    kept = [r for r in records if r["status"] == "kept"]
+    rejected = [r for r in records if r["status"] != "kept"]
+    write_records(stage.dir / "inputs.jsonl", kept)
+    write_records(stage.dir / "rejected.jsonl", rejected)
+    reasons = Counter(r["reason"] for r in rejected)
+    counts = {
+        "raw": len(records),
+        "kept": len(kept),
+        "rejected": dict(sorted(reasons.items())),
+        "target_labels": dict(Counter(r["target_label"] for r in kept if r["target_label"] is not None)),
+    }
+    manifest = stage.finish(counts, started, funnel=funnel_rows(counts))
+    log.info("generate[%s]: %d raw -> %d kept (%s)", task.id, counts["raw"], counts["kept"],
+             ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "nothing rejected")
+    return manifest
+
+
+def funnel_rows(counts: dict[str, Any]) -> list[list[Any]]:
+    rows: list[list[Any]] = [["raw inputs", counts["raw"]]]
+    for reason, n in counts["rejected"].items():
+        rows.append([f"- {reason}", -n])
+    rows.append(["kept inputs", counts["kept"]])
+    return rows

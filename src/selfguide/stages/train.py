@@ -1,0 +1,235 @@
+"""Stage 3: the model finetunes itself on its synthetic pairs (method.md §6).
+
+Training text = the evaluation prompt (instruction + examples + input through the chat template,
+assistant turn opened) + the answer + the template's end-of-turn token. Loss on the answer and
+end token only, so the finetuned model learns to stop. transformers' Trainer runs the loop
+(checkpoint per epoch, resume from the last one); LoRA via peft, or full finetuning.
+Output: adapter/ (LoRA), model/ (merged safetensors + tokenizer + model card), metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from selfguide import prompts
+from selfguide.config import to_dict
+from selfguide.errors import SelfGuideError
+from selfguide.models import resolve_model
+from selfguide.stages.context import Context
+from selfguide.store import Stage, append_records, atomic_write_text, file_hash, read_records, write_records
+
+log = logging.getLogger(__name__)
+STAGE = "train"
+# LoRA updates far fewer weights and needs a larger step than full finetuning; 2e-4 is the
+# common LoRA default (peft/QLoRA recipes) and converged within 3 epochs in our CPU runs.
+DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
+
+
+def learning_rate(ctx: Context) -> float:
+    t = ctx.cfg.train
+    return t.learning_rate if t.learning_rate is not None else DEFAULT_LR[t.method]
+
+
+def base_model_identity(ctx: Context) -> dict[str, Any]:
+    ident = resolve_model(ctx.cfg.model.name).identity()
+    return {"name": ident["name"], "sha256": ident["sha256"]}
+
+
+def make_stage(ctx: Context, pairs_path: Path) -> Stage:
+    config = {"seed": ctx.cfg.seed, "train": to_dict(ctx.cfg.train), "learning_rate": learning_rate(ctx)}
+    inputs = {"task": ctx.task.fingerprint(), "base_model": base_model_identity(ctx), "pairs": file_hash(pairs_path)}
+    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs)
+
+
+def build_examples(ctx: Context, tok: Any, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, list[int]]], int]:
+    """Tokenised (input_ids, labels) with the prompt masked; returns (examples, dropped_too_long)."""
+    from selfguide.backends.hf_model import end_of_turn_text, render_prompt
+
+    end = end_of_turn_text(tok)
+    out, too_long = [], 0
+    for p in pairs:
+        prompt = render_prompt(tok, prompts.task_messages(ctx.task, p["input"]))
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tok(p["output"] + end, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + answer_ids
+        if len(ids) > ctx.cfg.train.max_seq_len:
+            too_long += 1  # dropped, not truncated: a cut answer would teach the wrong ending
+            continue
+        out.append({"input_ids": ids, "labels": [-100] * len(prompt_ids) + answer_ids})
+    return out, too_long
+
+
+class PadCollator:
+    """Right-pads a batch; padded positions get label -100 (never the EOS id, which must be learned)."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(b["input_ids"]) for b in batch)
+        ids, labels, mask = [], [], []
+        for b in batch:
+            pad = width - len(b["input_ids"])
+            ids.append(b["input_ids"] + [self.pad_id] * pad)
+            labels.append(b["labels"] + [-100] * pad)
+            mask.append([1] * len(b["input_ids"]) + [0] * pad)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+def _use_bf16(ctx: Context, device: str) -> bool:
+    from selfguide.backends.hf_model import cpu_has_native_bf16
+
+    flag = ctx.cfg.train.bf16
+    if flag in ("true", "false"):
+        return flag == "true"
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_native_bf16()
+
+
+def run_train(ctx: Context) -> dict[str, Any]:
+    pairs_path = ctx.stage_dir("annotate") / "pairs.jsonl"
+    stage = make_stage(ctx, pairs_path)
+    state = stage.begin(ctx.force)
+    if state == "done":
+        log.info("train[%s]: up to date, skipping (--force to redo)", ctx.task.id)
+        return stage.manifest()  # type: ignore[return-value]
+    started = time.time()
+
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from selfguide.backends import hf_model
+
+    t = ctx.cfg.train
+    pairs = read_records(pairs_path)
+    base_dir = hf_model.materialize(resolve_model(ctx.cfg.model.name))
+    tok = hf_model.load_tokenizer(base_dir)
+    examples, too_long = build_examples(ctx, tok, pairs)
+    if not examples:
+        raise SelfGuideError(
+            f"train[{ctx.task.id}]: no training pairs ({len(pairs)} synthesised, {too_long} over train.max_seq_len); "
+            "see the annotate funnel, and raise generate.target_inputs or try annotate.label_source=conditioned"
+        )
+    device = hf_model.pick_device(ctx.cfg.model.device)
+    torch.manual_seed(ctx.cfg.seed)
+    model = hf_model.load_model(base_dir, torch.float32, device)
+    model.train()
+    if t.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ))
+
+    class Dataset(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(examples)
+
+        def __getitem__(self, i: int) -> dict[str, list[int]]:
+            return examples[i]
+
+    metrics_path = stage.dir / "metrics.jsonl"
+
+    class LogToJsonl(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs:
+                append_records(metrics_path, [{"step": state.global_step, "epoch": state.epoch, **logs}])
+
+    args = TrainingArguments(
+        output_dir=str(stage.dir / "checkpoints"),
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=learning_rate(ctx),
+        lr_scheduler_type="linear",
+        warmup_steps=float(t.warmup_ratio) if t.warmup_ratio < 1 else 0,
+        weight_decay=t.weight_decay,
+        logging_steps=1,
+        save_strategy="epoch",
+        seed=ctx.cfg.seed,
+        data_seed=ctx.cfg.seed,
+        bf16=_use_bf16(ctx, device),
+        use_cpu=device == "cpu",
+        report_to=[],
+        remove_unused_columns=False,
+        disable_tqdm=not ctx.progress.enabled,
+        optim="adamw_torch",
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset(), data_collator=PadCollator(tok.pad_token_id),
+                      callbacks=[LogToJsonl(), *ctx.train_callbacks])
+    if not ctx.progress.enabled:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)  # losses go to metrics.jsonl and the log, not raw dicts on stdout
+        trainer.remove_callback(ProgressCallback)
+    checkpoints = sorted((stage.dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    if checkpoints:
+        log.info("train[%s]: resuming from %s", ctx.task.id, checkpoints[-1].name)
+        _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[1]))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    log.info("train[%s]: %s finetuning on %d pairs for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
+             len(examples), t.epochs, learning_rate(ctx), args.bf16)
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+
+    model_dir = stage.dir / "model"
+    tmp_dir = stage.dir / ".model.tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    final = trainer.model
+    if t.method == "lora":
+        final.save_pretrained(str(stage.dir / "adapter"))
+        final = final.merge_and_unload()
+    final.save_pretrained(str(tmp_dir), safe_serialization=True)
+    tok.save_pretrained(str(tmp_dir))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    tmp_dir.rename(model_dir)
+    losses = [r["loss"] for r in read_records(metrics_path)]
+    counts = {
+        "pairs": len(pairs), "trained_on": len(examples), "dropped_too_long": too_long,
+        "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
+    }
+    write_model_card(ctx, model_dir, counts, verdict=None)
+    manifest = stage.finish(counts, started, model_dir=str(model_dir))
+    log.info("train[%s]: done in %.0fs, loss %s -> %s", ctx.task.id, manifest["seconds"], counts["first_loss"], counts["final_loss"])
+    return manifest
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop loss records logged after the checkpoint we resume from (they will be logged again)."""
+    write_records(path, [r for r in read_records(path, repair=True) if r["step"] <= step])
+
+
+def write_model_card(ctx: Context, model_dir: Path, counts: dict[str, Any], verdict: dict[str, Any] | None) -> None:
+    t, task = ctx.cfg.train, ctx.task
+    base = base_model_identity(ctx)
+    lines = [
+        "---", "library_name: transformers", "tags: [selfguide, self-guide, synthetic-data]", "---", "",
+        f"# {base['name']} specialised for {task.id} by selfguide", "",
+        "This model finetuned itself on data it synthesised from the task instruction and a few examples "
+        "(Self-Guide, Zhao et al., COLM 2024, arXiv 2407.12874).", "",
+        f"- task: {task.id} ({task.kind}), {len(task.examples)} examples given",
+        f"- base model: {base['name']} (sha256 {base['sha256'][:16]})",
+        f"- method: {t.method}" + (f" (r={t.lora_r}, alpha={t.lora_alpha}, all linear layers, merged)" if t.method == "lora" else ""),
+        f"- data: {counts['trained_on']} synthetic pairs ({counts['dropped_too_long']} dropped as too long), "
+        f"{t.epochs} epochs, lr {learning_rate(ctx):g}, seed {ctx.cfg.seed}",
+        "",
+        "Use the same prompt as in training: the chat template with the task instruction as system message, "
+        "the examples as user/assistant turns, then the new input.",
+    ]
+    if verdict:
+        lines += ["", "## Verdict", "", verdict["sentence"]]
+    atomic_write_text(model_dir / "README.md", "\n".join(lines) + "\n")
+    (model_dir / "selfguide.json").write_text(json.dumps({"task": task.id, "counts": counts, "verdict": verdict}, indent=2))

@@ -1,0 +1,192 @@
+"""The stage store: JSONL records, atomic files and the write-last manifest.
+
+Layout: runs/<name>/<task>/<stage>/ with `stage.json` (config + input hash, written first),
+record files appended in whole units (one write + fsync per round or chunk), derived outputs,
+and `MANIFEST.json`, written last and atomically: its existence means the stage is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from selfguide.config import diff_keys
+from selfguide.errors import SelfGuideError, StageStateError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = 1
+MANIFEST = "MANIFEST.json"
+STAGE_FILE = "stage.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, then rename: never a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    # ensure_ascii keeps every record on one line whatever the model wrote (U+2028, lone surrogates)
+    return json.dumps(record, ensure_ascii=True, sort_keys=True)
+
+
+def append_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """Append records as one write, then fsync, so a unit of work lands whole or is cut at the end."""
+    blob = "".join(dumps_record(r) + "\n" for r in records)
+    if not blob:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(blob)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_records(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in records))
+
+
+def read_records(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Read a JSONL file. A truncated last line (a crash mid-write) is dropped with a warning,
+    and with `repair=True` cut from the file; a bad line elsewhere is an error naming path:line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    out: list[dict[str, Any]] = []
+    good_bytes = 0
+    for i, line in enumerate(lines):
+        is_last = i == len(lines) - 1
+        if not line.strip():
+            good_bytes += len(line) + (0 if is_last else 1)
+            continue
+        try:
+            if is_last:
+                raise ValueError("no newline at end: truncated")
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            if is_last:
+                log.warning("%s: dropping a truncated last line (%d bytes) left by an interrupted write", path, len(line))
+                if repair:
+                    with open(path, "r+b") as fh:
+                        fh.truncate(good_bytes)
+                break
+            raise SelfGuideError(f"{path}:{i + 1}: corrupt record ({exc}); delete the stage folder or run with --force") from None
+        out.append(record)
+        good_bytes += len(line) + 1
+    return out
+
+
+def file_hash(path: Path) -> str:
+    """sha256 prefix of a file's bytes: the identity of an upstream stage's output."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a result (read from metadata: imports nothing heavy)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("selfguide", "torch", "transformers", "peft", "datasets", "vllm"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class Stage:
+    """One stage of one task in a run directory."""
+
+    dir: Path
+    name: str
+    config: dict[str, Any]  # the settings that determine this stage's output
+    inputs: dict[str, Any]  # identities of what it reads (task fingerprint, model, upstream hashes)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / MANIFEST
+
+    def manifest(self) -> Optional[dict[str, Any]]:
+        if not self.manifest_path.exists():
+            return None
+        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+
+    def begin(self, force: bool = False) -> str:
+        """Decide what to do: 'done' (up to date), 'resume' or 'fresh'. Refuses stale results.
+
+        A changed config or input raises StageStateError with the changed keys, unless `force`,
+        which wipes the stage folder.
+        """
+        wanted = {"config": self.config, "inputs": self.inputs}
+        stage_file = self.dir / STAGE_FILE
+        if stage_file.exists():
+            try:
+                have = json.loads(stage_file.read_text(encoding="utf-8"))
+            except ValueError:
+                have = {}
+            if {"config": have.get("config"), "inputs": have.get("inputs")} != wanted:
+                if not force:
+                    changes = diff_keys(have.get("config") or {}, self.config)
+                    changes += diff_keys(have.get("inputs") or {}, self.inputs, "input ")
+                    shown = "; ".join(changes[:4]) + (f"; +{len(changes) - 4} more" if len(changes) > 4 else "")
+                    raise StageStateError(
+                        f"{self.dir}: made with other settings ({shown}); use --force to redo it or a new --name"
+                    )
+                shutil.rmtree(self.dir)
+            elif force:
+                shutil.rmtree(self.dir)
+            elif self.manifest_path.exists():
+                return "done"
+            else:
+                return "resume"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(stage_file, {"schema": SCHEMA, "stage": self.name, **wanted})
+        return "fresh"
+
+    def finish(self, counts: dict[str, Any], started: float, **extra: Any) -> dict[str, Any]:
+        manifest = {
+            "schema": SCHEMA,
+            "stage": self.name,
+            "config": self.config,
+            "inputs": self.inputs,
+            "counts": counts,
+            "seconds": round(time.time() - started, 2),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": versions(),
+            **extra,
+        }
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest

@@ -1,0 +1,63 @@
+"""hf backend on a tiny real Llama: batching equals unbatched greedy, seeded sampling, stops, EOS."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfguide.backends import get_backend
+from selfguide.errors import BackendUnavailable
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=4)
+
+
+PROMPTS = ["Premise: the cat", "Hypothesis: a much longer prompt about the liver and petals", "x", "Lyme disease is caused by"]
+
+
+def test_batched_equals_unbatched_greedy(backend, tiny_model):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    batched = backend.generate(rendered, max_new_tokens=12)
+    one = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=1)
+    single = one.generate(rendered, max_new_tokens=12)
+    assert batched == single
+    assert all(len(x) == 1 for x in batched)
+
+
+def test_seeded_sampling_is_reproducible(backend):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS[:2]]
+    a = backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=10, seed=5)
+    b = backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=10, seed=5)
+    c = backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=10, seed=6)
+    assert a == b and a != c
+    assert [len(x) for x in a] == [3, 3]
+    assert len(set(a[0])) > 1  # samples differ from each other
+
+
+def test_greedy_n_copies(backend):
+    out = backend.generate([backend.render([{"role": "user", "content": "hi"}])], n=4, max_new_tokens=5)
+    assert len(out[0]) == 4 and len(set(out[0])) == 1
+
+
+def test_stop_strings_and_no_end_token_leak(backend):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    free = backend.generate(rendered, max_new_tokens=20)
+    for text in [t[0] for t in free]:
+        assert "<|im_end|>" not in text and "<|endoftext|>" not in text
+    stops = [t[0][2:4] for t in free if len(t[0]) > 5]
+    if stops:
+        cut = backend.generate(rendered, max_new_tokens=20, stop=tuple(stops))
+        for text in [t[0] for t in cut]:
+            assert not any(s in text for s in stops)
+
+
+def test_render_uses_chat_template(backend):
+    text = backend.render([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], prefill="P")
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\nP"
+    assert backend.identity()["sha256"] and backend.identity()["engine"] == "transformers"
+
+
+def test_unknown_backend():
+    with pytest.raises(BackendUnavailable, match="did you mean 'hf'"):
+        get_backend("hff")

@@ -1,0 +1,69 @@
+"""Config: defaults, YAML, --set overrides, strict validation with suggestions."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfguide.config import RunConfig, config_hash, load_config
+from selfguide.errors import ConfigError
+
+
+def test_defaults_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 7\ngenerate:\n  temperature: 0.8\ntrain:\n  bf16: false\n")
+    cfg = load_config(p, ["generate.top_k=20", "evaluate.baselines=[fewshot]", "model.name=foo"])
+    assert cfg.seed == 7 and cfg.generate.temperature == 0.8 and cfg.generate.top_k == 20
+    assert cfg.train.bf16 == "false" and cfg.evaluate.baselines == ("fewshot",) and cfg.model.name == "foo"
+    assert load_config() == RunConfig()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generate.temprature=0.5", "did you mean 'generate.temperature'"),
+    ("generate.temperature=hot", "must be a number"),
+    ("generate.temperature=-1", "must be in"),
+    ("annotate.min_agreement=1.5", "must be in"),
+    ("train.method=qlora", "must be one of"),
+    ("annotate.label_source=oracle", "must be one of"),
+    ("train.epochs=2.5", "must be an integer"),
+    ("model.batch_size=0", "must be in"),
+    ("evaluate.baselines=[oneshot]", "unknown baseline"),
+    ("nosuchsection.x=1", "unknown key 'nosuchsection'"),
+    ("generate=3", "must be a mapping"),
+    ("seed", "expected key=value"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ConfigError, match="2 config problems"):
+        load_config(None, ["generate.top_k=-1", "train.epochs=0"])
+
+
+def test_bad_files(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("a: &x [1]\nb: *x\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(p)
+    p.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    p.write_bytes(b"seed: \xff\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        load_config(p)
+
+
+def test_hash_changes_with_values():
+    assert config_hash(load_config(None, ["seed=1"])) != config_hash(load_config(None, ["seed=2"]))
+    assert config_hash(RunConfig()) == config_hash(RunConfig())
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(f)

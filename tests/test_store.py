@@ -1,0 +1,64 @@
+"""Stage store: atomic files, truncated-line recovery, skip / resume / refuse decisions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from selfguide.errors import SelfGuideError, StageStateError
+from selfguide.store import Stage, append_records, atomic_write_json, read_records
+
+records_st = st.lists(st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(st.text(), st.integers(), st.none()), max_size=4), max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(records_st)
+def test_roundtrip_and_truncation_at_every_byte(tmp_path_factory, records):
+    path = tmp_path_factory.mktemp("s") / "r.jsonl"
+    append_records(path, records)
+    assert read_records(path) == records
+    if not records:
+        assert not path.exists()  # nothing to write: no empty file either
+        return
+    data = path.read_bytes()
+    for cut in range(len(data) + 1):
+        path.write_bytes(data[:cut])
+        got = read_records(path)
+        assert got == records[: len(got)]  # a prefix: never a corrupt or partial record
+
+
+def test_truncated_line_repaired(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_records(path, [{"id": 1}, {"id": 2}])
+    with open(path, "ab") as fh:
+        fh.write(b'{"id": 3, "te')
+    assert read_records(path, repair=True) == [{"id": 1}, {"id": 2}]
+    append_records(path, [{"id": 3}])
+    assert [r["id"] for r in read_records(path)] == [1, 2, 3]
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"id": 1}\nnot json\n{"id": 3}\n')
+    with pytest.raises(SelfGuideError, match="r.jsonl:2"):
+        read_records(path)
+
+
+def test_stage_begin_done_resume_refuse(tmp_path):
+    s = Stage(tmp_path / "gen", "generate", {"t": 0.6}, {"model": "m"})
+    assert s.begin() == "fresh"
+    assert s.begin() == "resume"
+    s.finish({"n": 1}, started=0.0)
+    assert s.begin() == "done"
+    changed = Stage(tmp_path / "gen", "generate", {"t": 0.9}, {"model": "m"})
+    with pytest.raises(StageStateError, match=r"t: 0.6 -> 0.9"):
+        changed.begin()
+    assert changed.begin(force=True) == "fresh" and not changed.manifest_path.exists()
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    atomic_write_json(tmp_path / "m.json", {"a": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]

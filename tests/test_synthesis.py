@@ -1,0 +1,164 @@
+"""generate + annotate: funnel accounting, label sources, resume after interruption, refusal of
+changed configs, determinism and garbage model output. Fake backend for control flow, plus one
+run through the real hf backend on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from conftest import EXAMPLE, NIV2
+from selfguide.backends.fake import FakeBackend
+from selfguide.errors import StageStateError
+from selfguide.pipeline import make_context, synthesize
+from selfguide.store import read_records
+
+
+def ctx_for(run_dir, backend=None, task=EXAMPLE, overrides=(), force=False):
+    base = [f"run_dir={run_dir}", "generate.target_inputs=30", "annotate.n=4", "annotate.chunk_size=8"]
+    factory = (lambda: backend) if backend is not None else (lambda: FakeBackend())
+    return make_context(task, overrides=[*base, *overrides], force=force, backend_factory=factory)
+
+
+def stage_bytes(ctx):
+    files = ["generate/candidates.jsonl", "generate/inputs.jsonl", "annotate/annotations.jsonl", "annotate/pairs.jsonl", "annotate/rejected.jsonl"]
+    return {f: (ctx.task_dir / f).read_bytes() for f in files}
+
+
+def test_funnel_adds_up_and_files_exist(run_dir):
+    ctx = ctx_for(run_dir)
+    m = synthesize(ctx)
+    g = m["generate"]["counts"]
+    assert g["raw"] == 30 and g["raw"] == g["kept"] + sum(g["rejected"].values())
+    a = m["annotate"]["counts"]
+    assert a["inputs"] == g["kept"]
+    assert a["pairs"] + sum(a["rejected"].values()) == a["inputs"]
+    pairs = read_records(ctx.task_dir / "annotate" / "pairs.jsonl")
+    assert len(pairs) == a["pairs"] and all(p["output"] in ("entails", "neutral") for p in pairs)
+    ids = [r["id"] for r in read_records(ctx.task_dir / "generate" / "candidates.jsonl")]
+    assert len(ids) == len(set(ids)) == 30
+    assert (ctx.task_dir / "config.yaml").exists() and (ctx.task_dir / "generate" / "MANIFEST.json").exists()
+    # label-conditioned generation draws target labels for classification
+    assert set(r["target_label"] for r in read_records(ctx.task_dir / "generate" / "inputs.jsonl")) <= {"entails", "neutral"}
+
+
+def test_second_run_is_a_noop(run_dir):
+    ctx = ctx_for(run_dir)
+    synthesize(ctx)
+    before = stage_bytes(ctx)
+    fb = FakeBackend()
+    ctx2 = ctx_for(run_dir, backend=fb)
+    synthesize(ctx2)
+    assert fb.calls == [] and stage_bytes(ctx2) == before
+
+
+def test_deterministic_across_run_dirs(tmp_path):
+    a = ctx_for(tmp_path / "a")
+    b = ctx_for(tmp_path / "b")
+    synthesize(a)
+    synthesize(b)
+    assert stage_bytes(a) == stage_bytes(b)
+
+
+class Interrupting(FakeBackend):
+    def __init__(self, after_calls):
+        super().__init__()
+        self.after = after_calls
+
+    def generate(self, prompts, **kw):
+        if len(self.calls) >= self.after:
+            raise KeyboardInterrupt
+        return super().generate(prompts, **kw)
+
+
+@pytest.mark.parametrize("after_calls", [0, 1, 2, 3, 5, 6])
+def test_resume_after_interrupt_gives_identical_records(tmp_path, after_calls):
+    ref = ctx_for(tmp_path / "ref")
+    synthesize(ref)
+    ctx = ctx_for(tmp_path / "int", backend=Interrupting(after_calls))
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(ctx)
+    assert not (ctx.task_dir / "annotate" / "MANIFEST.json").exists()
+    resumed = ctx_for(tmp_path / "int")
+    synthesize(resumed)
+    assert stage_bytes(resumed) == stage_bytes(ref)
+
+
+def test_truncated_write_is_recovered(tmp_path):
+    ref = ctx_for(tmp_path / "ref")
+    synthesize(ref)
+    ctx = ctx_for(tmp_path / "cut", backend=Interrupting(2))
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(ctx)
+    cand = ctx.task_dir / "generate" / "candidates.jsonl"
+    data = cand.read_bytes()
+    cand.write_bytes(data[: len(data) - 37])  # a power cut in the middle of the last round's write
+    synthesize(ctx_for(tmp_path / "cut"))
+    assert stage_bytes(ctx_for(tmp_path / "cut")) == stage_bytes(ref)
+
+
+def test_changed_config_is_refused_then_forced(run_dir):
+    synthesize(ctx_for(run_dir))
+    with pytest.raises(StageStateError, match="temperature"):
+        synthesize(ctx_for(run_dir, overrides=["generate.temperature=0.9"]))
+    m = synthesize(ctx_for(run_dir, overrides=["generate.temperature=0.9"], force=True))
+    assert m["generate"]["config"]["resolved"]["temperature"] == 0.9
+
+
+@pytest.mark.parametrize("source", ["annotate", "conditioned", "agree"])
+def test_label_sources(run_dir, source):
+    m = synthesize(ctx_for(run_dir, overrides=[f"annotate.label_source={source}", "annotate.balance=off"]))
+    counts = m["annotate"]["counts"]
+    pairs = read_records(run_dir / "default" / "scitail" / "annotate" / "pairs.jsonl")
+    assert counts["label_source"] == source
+    assert 0 <= counts["agreement_with_target"] <= 1
+    if source == "conditioned":
+        inputs = {r["id"]: r for r in read_records(run_dir / "default" / "scitail" / "generate" / "inputs.jsonl")}
+        assert len(pairs) == len(inputs)
+        assert all(p["output"] == inputs[p["input_id"]]["target_label"] for p in pairs)
+    if source == "agree":
+        assert counts["pairs"] + counts["rejected"].get("disagree", 0) == counts["inputs"]
+
+
+GARBAGE = ["", "   \n\t ", "ha " * 5000, "\x00\x01\x02 control", "caf\ufffd\ufffd broken utf8",
+           "NEUTRAL!!!", "  Entails.  ", "**neutral**", "Sure, I'd be happy to help!", "[output]= entails"]
+
+
+def garbage_script(prompt, i, seed):
+    r = random.Random(seed)
+    if "InputGenerator" in prompt and r.random() < 0.2:
+        return prompt[-300:]  # the prompt echoed back
+    return GARBAGE[r.randrange(len(GARBAGE))]
+
+
+def test_garbage_output_is_counted_not_fatal(run_dir):
+    ctx = ctx_for(run_dir, backend=FakeBackend(script=garbage_script), overrides=["generate.target_inputs=60", "annotate.n=6"])
+    m = synthesize(ctx)
+    g, a = m["generate"]["counts"], m["annotate"]["counts"]
+    assert g["raw"] == 60 == g["kept"] + sum(g["rejected"].values())
+    assert set(g["rejected"]) <= {"empty", "too_short", "too_long", "duplicate", "near_duplicate"} | {k for k in g["rejected"] if k.startswith("noise:")}
+    assert a["inputs"] == a["pairs"] + sum(a["rejected"].values())
+    for r in read_records(ctx.task_dir / "generate" / "rejected.jsonl"):
+        assert r["reason"] and "raw" in r
+    lines = (ctx.task_dir / "generate" / "candidates.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # control chars and replacement chars stored safely
+
+
+def test_generation_task_output_filters(run_dir):
+    m = synthesize(ctx_for(run_dir, task=NIV2 / "task1562.paper_prompt.json"))
+    a = m["annotate"]["counts"]
+    assert "label_mix_after" not in a and a["inputs"] == a["pairs"] + sum(a["rejected"].values())
+    assert m["annotate"]["config"]["resolved"]["output_length_filter"] is True
+
+
+def test_real_hf_backend_on_tiny_model(run_dir, tiny_model):
+    ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "model.dtype=float32",
+                                           "generate.target_inputs=6", "generate.prompts_per_round=3", "annotate.n=2",
+                                           "generate.max_new_tokens=24", "annotate.max_new_tokens=4"])
+    m = synthesize(ctx)
+    assert m["generate"]["counts"]["raw"] == 6
+    assert m["generate"]["inputs"]["model"]["sha256"]
+    a = m["annotate"]["counts"]
+    assert a["inputs"] == m["generate"]["counts"]["kept"] == a["pairs"] + sum(a["rejected"].values())
