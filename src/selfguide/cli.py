@@ -6,6 +6,7 @@ and the same command resumes. Importing this module does not import torch.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -28,6 +29,16 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume where it stopped", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                click.echo(f"error: disk full while writing {exc.filename or 'the run directory'}; free space or use "
+                           "--run-dir on another disk, then run the same command again to resume", err=True)
+                ctx.exit(1)
+            raise
+        except MemoryError:
+            click.echo("error: out of memory; lower model.batch_size (or train.batch_size / the stage's max_new_tokens), "
+                       "then run the same command again to resume", err=True)
+            ctx.exit(1)
 
 
 def _setup_logging(verbose: int) -> None:

@@ -153,7 +153,7 @@ BASELINES = ("fewshot", "zeroshot")
 
 # Settings that shrink the work so `selfguide run --quick` finishes in about ten minutes on 2 cores.
 QUICK_PRESET: dict[str, Any] = {
-    "generate.target_inputs": 60,
+    "generate.target_inputs": 120,
     "annotate.n": 5,
     "train.epochs": 2,
     "evaluate.max_items": 60,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import time
 from typing import Any, Callable, Optional, Sequence
 
 from selfguide.backends.base import cut_at_stop, render_plain
@@ -28,8 +29,9 @@ def _h(*parts: Any) -> int:
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, script: Optional[Callable[[str, int, int], str]] = None, **_: Any):
+    def __init__(self, script: Optional[Callable[[str, int, int], str]] = None, delay: float = 0.0, **_: Any):
         self.script = script
+        self.delay = delay  # seconds per prompt: lets tests interrupt a stage part-way
         self.calls: list[dict[str, Any]] = []
 
     def render(self, messages: Sequence[dict[str, str]], prefill: str = "") -> str:
@@ -56,6 +58,8 @@ class FakeBackend:
         seed: int = 0,
     ) -> list[list[str]]:
         self.calls.append({"prompts": len(prompts), "n": n, "temperature": temperature, "seed": seed})
+        if self.delay:
+            time.sleep(self.delay * len(prompts))
         out = []
         for prompt in prompts:
             samples = []

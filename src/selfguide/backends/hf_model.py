@@ -16,6 +16,9 @@ from typing import Any
 from selfguide.models import ModelRef, cache_dir, model_hash
 
 log = logging.getLogger(__name__)
+# selfguide never reaches a model hub: models are local files. Set before transformers is imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 def materialize(ref: ModelRef) -> Path:
@@ -120,7 +123,8 @@ def end_of_turn_text(tok: Any) -> str:
 def load_model(path: Path, dtype: Any, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    # safetensors only: a pickled .bin checkpoint can run code when loaded
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, use_safetensors=True)
     model.to(device)
     model.eval()
     return model

@@ -165,9 +165,9 @@ def verdict(ctx: Context, baseline: str = "prompt-fewshot", system: str = "selfg
         sentence = "no verdict: nothing was evaluated"
     else:
         significant = d["ci_low"] > 0 or d["ci_high"] < 0
-        verb = "improved" if d["delta"] > 0 else "lowered" if d["delta"] < 0 else "did not change"
+        verb = "improved" if d["delta"] > 0 else "lowered" if d["delta"] < 0 else "left unchanged"
         sentence = (
-            f"selfguide {verb} {names.get(primary, primary)} by {d['delta']:+.1f} points "
+            f"selfguide {verb} {names.get(primary, primary)}" + (" " if d["delta"] == 0 else " by ") + f"{d['delta']:+.1f} points "
             f"(95% CI {d['ci_low']:+.1f} to {d['ci_high']:+.1f}) on {len(pairs)} {ctx.cfg.evaluate.split} items "
             f"({d['prompting']:.1f} -> {d['finetuned']:.1f})" + ("" if significant else "; the interval includes 0, so not significant")
         )

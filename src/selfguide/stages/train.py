@@ -174,7 +174,7 @@ def run_train(ctx: Context) -> dict[str, Any]:
 
         trainer.remove_callback(PrinterCallback)  # losses go to metrics.jsonl and the log, not raw dicts on stdout
         trainer.remove_callback(ProgressCallback)
-    checkpoints = sorted((stage.dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = complete_checkpoints(stage.dir / "checkpoints")
     if checkpoints:
         log.info("train[%s]: resuming from %s", ctx.task.id, checkpoints[-1].name)
         _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[1]))
@@ -205,6 +205,20 @@ def run_train(ctx: Context) -> dict[str, Any]:
     manifest = stage.finish(counts, started, model_dir=str(model_dir))
     log.info("train[%s]: done in %.0fs, loss %s -> %s", ctx.task.id, manifest["seconds"], counts["first_loss"], counts["final_loss"])
     return manifest
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in step order, keeping only complete ones: the Trainer writes trainer_state.json
+    last, so a checkpoint cut short by a crash lacks it (or has it truncated) and is deleted."""
+    out = []
+    for ckpt in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            out.append(ckpt)
+        except (OSError, ValueError):
+            log.warning("train: removing incomplete checkpoint %s", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return out
 
 
 def _trim_metrics(path: Path, step: int) -> None:
