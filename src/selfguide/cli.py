@@ -255,7 +255,7 @@ def evaluate(task_file: str, config_path: Optional[str], overrides: tuple[str, .
         if train_manifest is None:
             raise SelfGuideError(f"no finetuned model in {ctx.stage_dir('train')}; run `selfguide train {task_file}` first")
         pipeline.evaluate_baselines(ctx)
-        pipeline.evaluate_finetuned(ctx, train_manifest)
+        pipeline.evaluate_trained(ctx, train_manifest)
         v = verdict(ctx)
         _scores_table(v)
         click.echo(v["sentence"])
@@ -306,6 +306,39 @@ def run_cmd(task_file: str, config_path: Optional[str], overrides: tuple[str, ..
     click.echo(v["sentence"])
     click.echo(f"report: {result.report}")
     click.echo(f"verdict: {ctx.task_dir / 'verdict.json'}")
+
+
+@cli.command()
+@click.argument("tasks", nargs=-1, required=True, type=click.Path())
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+@click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")
+@click.option("--split", default=None, type=click.Choice(["test", "validation", "test_small", "all"]), help="Evaluation split (default test_small).")
+@click.option("--methods", default=",".join(["prompt-0shot", "prompt-fewshot", "finetune-fewshot", "icl-synthetic", "selfguide"]),
+              help="Comma-separated methods.")
+@click.option("--name", default="bench", help="Run name under the run folder.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results file stem (default docs/benchmarks/niv2-<model>).")
+def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
+          split: Optional[str], methods: str, name: str, out: Optional[str]) -> None:
+    """Benchmark methods over many tasks (a folder such as ../shared/niv2, or files), resumably."""
+    import re
+
+    from selfguide.bench import run_bench
+    from selfguide.config import load_config
+    from selfguide.models import resolve_model
+
+    extra: dict[str, Any] = {"name": name}
+    if model:
+        extra["model.name"] = model
+    if split:
+        extra["evaluate.split"] = split
+    cfg = load_config(config_path, overrides, extra)
+    slug = re.sub(r"[^a-z0-9.-]+", "-", resolve_model(cfg.model.name).name.lower()).strip("-")
+    target = Path(out) if out else Path("docs") / "benchmarks" / f"niv2-{slug}"
+    data = run_bench(tasks, cfg, [m.strip() for m in methods.split(",") if m.strip()], target.with_suffix(""))
+    for kind, a in data["averages"].items():
+        click.echo(f"{kind}: {a['tasks']} tasks, mean delta {a['delta']} points ({a['metric']})")
+    click.echo(f"results: {target.with_suffix('.md')}")
 
 
 def main() -> None:

@@ -65,6 +65,12 @@ def resolve_model(ref: str) -> ModelRef:
         return ModelRef(ref, "gguf", p.resolve())
     if p.is_dir():
         if (p / "config.json").exists():
+            if not any(p.glob("*.safetensors")):
+                raise ModelNotFound(
+                    f"model folder {ref} has no *.safetensors weights; selfguide loads only safetensors or GGUF "
+                    "(pickled .bin checkpoints can run code when loaded); convert it with "
+                    "AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir, safe_serialization=True) where you trust it"
+                )
             return ModelRef(ref, "hf_dir", p.resolve())
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:

@@ -83,29 +83,37 @@ def _hf_factory(ctx: Context, model: str) -> Callable[[], Backend]:
     return factory
 
 
-def evaluate_baselines(ctx: Context) -> dict[str, Any]:
-    """Prompting baselines on the base model: few-shot (the paper's) and zero-shot."""
+def base_identity(ctx: Context) -> dict[str, Any]:
     from selfguide.models import resolve_model
-    from selfguide.stages.evaluate import run_evaluate
 
     ident = resolve_model(ctx.cfg.model.name).identity()
-    ident = {"name": ident["name"], "sha256": ident["sha256"], "dtype": ctx.cfg.model.dtype}
-    # Reuse the synthesis backend when it already is this model on hf; else load it once.
-    factory = ctx.backend if ctx.cfg.model.backend == "hf" and ctx.backend_factory is None else _hf_factory(ctx, ctx.cfg.model.name)
-    out = {}
-    for shots in ctx.cfg.evaluate.baselines:
-        out[f"prompt-{shots}"] = run_evaluate(ctx, f"prompt-{shots}", ident, factory, shots=shots)
-    return out
+    return {"name": ident["name"], "sha256": ident["sha256"], "dtype": ctx.cfg.model.dtype}
 
 
-def evaluate_finetuned(ctx: Context, train_manifest: dict[str, Any]) -> dict[str, Any]:
+def base_backend_factory(ctx: Context) -> Callable[[], Backend]:
+    """The base model on hf: the synthesis backend itself when that already is it, else loaded once."""
+    if ctx.cfg.model.backend == "hf" and ctx.backend_factory is None:
+        return ctx.backend
+    return _hf_factory(ctx, ctx.cfg.model.name)
+
+
+def evaluate_baselines(ctx: Context) -> dict[str, Any]:
+    """Prompting baselines on the base model: few-shot (the paper's) and zero-shot."""
+    from selfguide.stages.evaluate import run_evaluate
+
+    ident, factory = base_identity(ctx), base_backend_factory(ctx)
+    return {f"prompt-{shots}": run_evaluate(ctx, f"prompt-{shots}", ident, factory, shots=shots) for shots in ctx.cfg.evaluate.baselines}
+
+
+def evaluate_trained(ctx: Context, train_manifest: dict[str, Any], system: str = "selfguide") -> dict[str, Any]:
+    """Evaluate a model written by a train stage, with the few-shot prompt it was trained on."""
     from selfguide.stages.evaluate import run_evaluate
 
     model_dir = train_manifest["model_dir"]
-    ident = {"name": f"selfguide:{ctx.task.id}", "train_finished_at": train_manifest["finished_at"], "dtype": ctx.cfg.model.dtype}
+    ident = {"name": f"{system}:{ctx.task.id}", "train_finished_at": train_manifest["finished_at"], "dtype": ctx.cfg.model.dtype}
     factory = _hf_factory(ctx, model_dir)
     try:
-        return run_evaluate(ctx, "selfguide", ident, factory, shots="fewshot")
+        return run_evaluate(ctx, system, ident, factory, shots="fewshot")
     finally:
         if factory.holder:  # type: ignore[attr-defined]
             factory.holder["b"].close()  # type: ignore[attr-defined]
@@ -155,7 +163,7 @@ def run(
     manifests["baselines"] = timed("evaluate-baselines", lambda: evaluate_baselines(ctx))
     ctx.close_backend()  # free the generation model before training needs the memory
     manifests["train"] = timed("train", lambda: run_train(ctx))
-    manifests["selfguide"] = timed("evaluate-finetuned", lambda: evaluate_finetuned(ctx, manifests["train"]))
+    manifests["selfguide"] = timed("evaluate-finetuned", lambda: evaluate_trained(ctx, manifests["train"]))
     v = compute_verdict(ctx)
     v["model"] = manifests["generate"]["inputs"]["model"]
     v["stage_seconds"] = {name: m.get("seconds") for name, m in

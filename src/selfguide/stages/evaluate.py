@@ -7,12 +7,14 @@ appended per batch (resume loses at most one batch) and scores are recomputed fr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from selfguide import prompts
 from selfguide.backends import Backend
@@ -20,7 +22,7 @@ from selfguide.labels import map_to_label
 from selfguide.metrics import confusion, normalize_answer, score_item
 from selfguide.stages.context import Context
 from selfguide.store import Stage, append_records, atomic_write_json, read_records, write_records
-from selfguide.task import Instance
+from selfguide.task import Example, Instance
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
@@ -53,14 +55,24 @@ def primary_metric(ctx: Context) -> str:
 
 
 def run_evaluate(
-    ctx: Context, system: str, model_identity: dict[str, Any], backend_factory: Callable[[], Backend], shots: str = "fewshot",
+    ctx: Context, system: str, model_identity: dict[str, Any], backend_factory: Callable[[], Backend],
+    shots: str | Sequence[Example] = "fewshot",
 ) -> dict[str, Any]:
-    """Evaluate one system; returns its manifest (with `results`)."""
+    """Evaluate one system; returns its manifest (with `results`).
+
+    `shots`: "fewshot" (the task's examples), "zeroshot", or an explicit list of demonstrations.
+    """
     items = eval_items(ctx)
     if not items:
         raise_no_items(ctx)
     e = ctx.cfg.evaluate
-    config = {"split": e.split, "max_items": e.max_items, "max_new_tokens": max_new_tokens(ctx, items), "shots": shots}
+    if isinstance(shots, str):
+        shot_list: Sequence[Example] | None = None if shots == "fewshot" else ()
+        shots_id: Any = shots
+    else:
+        shot_list = list(shots)
+        shots_id = [len(shot_list), hashlib.sha256(json.dumps([[x.input, x.output] for x in shot_list]).encode()).hexdigest()[:16]]
+    config = {"split": e.split, "max_items": e.max_items, "max_new_tokens": max_new_tokens(ctx, items), "shots": shots_id}
     inputs = {"task": ctx.task.fingerprint(), "items": [it.id for it in items][:3] + [len(items)], "model": model_identity}
     stage = Stage(ctx.stage_dir(STAGE) / system, f"{STAGE}:{system}", config, inputs)
     state = stage.begin(ctx.force)
@@ -79,7 +91,6 @@ def run_evaluate(
         for start in range(0, len(todo), EVAL_BATCH):
             batch = todo[start : start + EVAL_BATCH]
             backend = backend_factory()
-            shot_list = None if shots == "fewshot" else ()
             rendered = [backend.render(prompts.task_messages(task, it.input, shot_list)) for it in batch]
             outs = backend.generate(rendered, n=1, temperature=0.0, max_new_tokens=config["max_new_tokens"], seed=ctx.cfg.seed)
             recs = []

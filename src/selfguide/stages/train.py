@@ -40,10 +40,10 @@ def base_model_identity(ctx: Context) -> dict[str, Any]:
     return {"name": ident["name"], "sha256": ident["sha256"]}
 
 
-def make_stage(ctx: Context, pairs_path: Path) -> Stage:
+def make_stage(ctx: Context, pairs_path: Path, name: str) -> Stage:
     config = {"seed": ctx.cfg.seed, "train": to_dict(ctx.cfg.train), "learning_rate": learning_rate(ctx)}
     inputs = {"task": ctx.task.fingerprint(), "base_model": base_model_identity(ctx), "pairs": file_hash(pairs_path)}
-    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs)
+    return Stage(ctx.stage_dir(name), name, config, inputs)
 
 
 def build_examples(ctx: Context, tok: Any, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, list[int]]], int]:
@@ -96,12 +96,13 @@ def _use_bf16(ctx: Context, device: str) -> bool:
     return cpu_has_native_bf16()
 
 
-def run_train(ctx: Context) -> dict[str, Any]:
-    pairs_path = ctx.stage_dir("annotate") / "pairs.jsonl"
-    stage = make_stage(ctx, pairs_path)
+def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -> dict[str, Any]:
+    """Finetune on `pairs_path` (default: the annotate stage's pairs) into the stage folder `name`."""
+    pairs_path = pairs_path or ctx.stage_dir("annotate") / "pairs.jsonl"
+    stage = make_stage(ctx, pairs_path, name)
     state = stage.begin(ctx.force)
     if state == "done":
-        log.info("train[%s]: up to date, skipping (--force to redo)", ctx.task.id)
+        log.info("%s[%s]: up to date, skipping (--force to redo)", name, ctx.task.id)
         return stage.manifest()  # type: ignore[return-value]
     started = time.time()
 

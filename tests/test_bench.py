@@ -1,0 +1,66 @@
+"""`selfguide bench`: all five methods on two tiny tasks, the JSON schema, and resume after a kill
+without redoing finished tasks (fake synthesis backend, tiny real model for training/eval)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import EXAMPLE, NIV2
+from selfguide import bench
+from selfguide.backends.fake import FakeBackend
+from selfguide.config import load_config
+
+TASKS = [str(EXAMPLE), str(NIV2 / "task1562.paper_prompt.json")]
+
+
+def cfg_for(run_dir, tiny_model):
+    return load_config(None, [f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=12", "annotate.n=2",
+                              "evaluate.max_items=6", "train.epochs=1", "model.dtype=float32", "evaluate.bootstrap=50",
+                              "evaluate.max_new_tokens=8"])
+
+
+def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
+    out = tmp_path / "docs" / "niv2-tiny"
+    cfg = cfg_for(tmp_path / "runs", tiny_model)
+    real_run_task = bench.run_task
+    done = []
+
+    def dies_on_second(ctx, methods):
+        if done:
+            raise KeyboardInterrupt  # killed while the second task runs
+        row = real_run_task(ctx, methods)
+        done.append(ctx.task.id)
+        return row
+
+    monkeypatch.setattr(bench, "run_task", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_bench(TASKS, cfg, bench.METHODS, out, backend_factory=lambda: FakeBackend())
+    partial = json.loads(out.with_suffix(".json").read_text())
+    assert [r["task"] for r in partial["tasks"]] == ["scitail"]
+    finished_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("MANIFEST.json")}
+
+    monkeypatch.setattr(bench, "run_task", real_run_task)
+    data = bench.run_bench(TASKS, cfg, bench.METHODS, out, backend_factory=lambda: FakeBackend())
+    # the finished task's stages were reused, not redone
+    assert all(p.stat().st_mtime_ns == t for p, t in finished_files.items())
+    assert [r["task"] for r in data["tasks"]] == ["scitail", "task1562"]
+    for row in data["tasks"]:
+        assert row["kind"] in ("classification", "generation")
+        assert set(row["scores"]) == set(bench.METHODS)
+        metric = row["primary_metric"]
+        assert all(0 <= row["scores"][m][metric] <= 100 for m in bench.METHODS)
+        assert {"value", "ci_low", "ci_high"} <= set(row["delta"])
+    assert set(data["averages"]) == {"classification", "generation"}
+    md = out.with_suffix(".md").read_text()
+    assert "| scitail | classification |" in md and "Averages per kind" in md and out.with_suffix(".png").exists()
+    assert data["tasks"][0]["icl_shots"] >= 4
+
+
+def test_bench_pending_task_without_instances(tmp_path, tiny_model):
+    task = tmp_path / "noeval.yaml"
+    task.write_text("instruction: Copy.\nexamples:\n- {input: a, output: a}\n- {input: b, output: b}\n")
+    data = bench.run_bench([str(task)], cfg_for(tmp_path / "runs", tiny_model), ["prompt-fewshot"], tmp_path / "out",
+                           backend_factory=lambda: FakeBackend())
+    assert data["tasks"] == [] and data["pending"][0]["task"] == "noeval"
