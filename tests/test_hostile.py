@@ -74,3 +74,46 @@ def test_hostile_config(name, tmp_path, monkeypatch):
     result, seconds, peak = _invoke(["run", str(EXAMPLE), "-c", str(path), "--backend", "fake", "--run-dir", str(run_dir)])
     _assert_one_line_error(result, name, seconds, peak)
     assert not run_dir.exists() and not (tmp_path / "hacked").exists()
+
+
+# Property: whatever the bytes, the loader returns a TaskSpec or raises TaskError (never anything else).
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from selfguide.errors import TaskError  # noqa: E402
+from selfguide.task import TaskSpec, load_task  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
+    max_leaves=20,
+)
+task_like = st.fixed_dictionaries(
+    {}, optional={"instruction": json_values, "examples": st.lists(st.fixed_dictionaries({}, optional={"input": json_values, "output": json_values}), max_size=4),
+                  "labels": json_values, "kind": json_values, "id": json_values, "eval": json_values, "Definition": json_values},
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(task_like, json_values), suffix=st.sampled_from([".json", ".yaml"]))
+def test_loader_never_crashes(tmp_path, data, suffix):
+    import json as _json
+
+    import yaml
+
+    path = tmp_path / f"t{suffix}"
+    path.write_text(_json.dumps(data) if suffix == ".json" else yaml.safe_dump(data))
+    try:
+        assert isinstance(load_task(path), TaskSpec)
+    except TaskError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=400))
+def test_loader_on_random_bytes(tmp_path, blob):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(blob)
+    try:
+        load_task(path)
+    except TaskError as exc:
+        assert "\n" not in str(exc)

@@ -162,3 +162,15 @@ def test_real_hf_backend_on_tiny_model(run_dir, tiny_model):
     assert m["generate"]["inputs"]["model"]["sha256"]
     a = m["annotate"]["counts"]
     assert a["inputs"] == m["generate"]["counts"]["kept"] == a["pairs"] + sum(a["rejected"].values())
+
+
+def test_hf_backend_synthesis_is_byte_identical_for_the_same_seed(tmp_path, tiny_model):
+    def synth(run_dir, seed):
+        ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "model.dtype=float32", f"seed={seed}",
+                                               "generate.target_inputs=6", "generate.prompts_per_round=3", "annotate.n=3",
+                                               "generate.max_new_tokens=16", "annotate.max_new_tokens=4", "generate.length_filter=false"])
+        synthesize(ctx)
+        return {f: (ctx.task_dir / f).read_bytes() for f in ("generate/candidates.jsonl", "annotate/annotations.jsonl")}
+
+    assert synth(tmp_path / "a", 1) == synth(tmp_path / "b", 1)
+    assert synth(tmp_path / "c", 2)["generate/candidates.jsonl"] != synth(tmp_path / "a", 1)["generate/candidates.jsonl"]

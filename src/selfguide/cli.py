@@ -188,16 +188,13 @@ def annotate(task_file: str, config_path: Optional[str], overrides: tuple[str, .
 
     Runs stage 1 first if it has not finished.
     """
-    from selfguide.pipeline import synthesize
+    from selfguide.pipeline import synthesis_summary, synthesize
 
     ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
     manifests = synthesize(ctx)
     _funnel_table(f"generate {ctx.task.id}", manifests["generate"]["funnel"])
     _funnel_table(f"annotate {ctx.task.id}", manifests["annotate"]["funnel"])
-    counts = manifests["annotate"]["counts"]
-    if "label_mix_after" in counts:
-        click.echo(f"label mix before balancing: {counts['label_mix_before']}; after: {counts['label_mix_after']}")
-        click.echo(f"agreement of votes with the generation target labels: {counts.get('agreement_with_target')}")
+    click.echo(synthesis_summary(manifests))
     click.echo(f"training pairs: {ctx.stage_dir('annotate') / 'pairs.jsonl'}")
 
 
@@ -295,12 +292,13 @@ def run_cmd(task_file: str, config_path: Optional[str], overrides: tuple[str, ..
     Resumable: after a crash or Ctrl-C, run the same command again.
     """
     from selfguide.config import QUICK_PRESET
-    from selfguide.pipeline import run
+    from selfguide.pipeline import run, synthesis_summary
 
     ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force, preset=QUICK_PRESET if quick else None)
     result = run(ctx.task, ctx=ctx)
     v = result.verdict
     _funnel_table(f"synthesis funnel {ctx.task.id}", result.manifests["generate"]["funnel"] + result.manifests["annotate"]["funnel"][1:])
+    click.echo(synthesis_summary(result.manifests))
     _scores_table(v)
     click.echo("stage seconds: " + ", ".join(f"{k} {s}" for k, s in v["stage_seconds"].items()))
     click.echo(v["sentence"])

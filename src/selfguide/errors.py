@@ -3,9 +3,13 @@ mistakes, 1 for runtime failures); anything else is a bug and keeps its tracebac
 
 
 class SelfGuideError(Exception):
-    """Base class; `exit_code` tells the CLI how to exit."""
+    """Base class; `exit_code` tells the CLI how to exit. The message is always one line: control
+    characters from user data (a key with a newline in it, say) are escaped."""
 
     exit_code = 1
+
+    def __init__(self, message: str = ""):
+        super().__init__("".join(ch if ch.isprintable() or ch == " " else repr(ch)[1:-1] for ch in str(message)))
 
 
 class UserInputError(SelfGuideError):

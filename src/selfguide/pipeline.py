@@ -56,6 +56,22 @@ def synthesize(ctx: Context) -> dict[str, Any]:
     return {"generate": gen, "annotate": ann}
 
 
+def synthesis_summary(manifests: dict[str, Any]) -> str:
+    """One paragraph on what synthesis produced and what it threw away."""
+    g, a = manifests["generate"], manifests["annotate"]
+    gc, ac = g["counts"], a["counts"]
+    top = sorted(gc["rejected"].items(), key=lambda kv: -kv[1])[:3]
+    text = (f"generate wrote {gc['raw']} raw inputs in {g['seconds']:.0f} s and kept {gc['kept']}"
+            + (f" (most rejected as {', '.join(f'{k} {v}' for k, v in top)})" if top else "") + ". "
+            f"annotate drew {ac['samples']} samples for {ac['inputs']} inputs in {a['seconds']:.0f} s and kept {ac['pairs']} training pairs")
+    if "label_mix_after" in ac:
+        text += (f" (label source {ac['label_source']}; label mix {ac['label_mix_before']} before balancing, "
+                 f"{ac['label_mix_after']} after; votes matched the generation target label on "
+                 f"{ac['agreement_with_target'] if ac['agreement_with_target'] is not None else 'no'} of inputs)")
+    rejected = ", ".join(f"{k} {v}" for k, v in ac["rejected"].items())
+    return text + (f"; dropped: {rejected}." if rejected else ".")
+
+
 @dataclass
 class RunResult:
     """What `selfguide.run` returns: where everything is, and the verdict when known."""
