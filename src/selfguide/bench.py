@@ -12,7 +12,6 @@ Writes <out>.md, <out>.json and <out>.png (per-task deltas); averages per kind a
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -129,7 +128,7 @@ def run_bench(
     if unknown:
         raise UserInputError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     files = find_tasks(task_specs)
-    specs = [(f, load_task(f)) for f in files]  # validate every file before any work
+    specs = [load_task(f) for f in files]  # validate every file before any work
     model = resolve_model(cfg.model.name).identity()
     rows: list[dict[str, Any]] = []
     pending: list[dict[str, str]] = []
@@ -137,7 +136,7 @@ def run_bench(
 
     progress = Progress()
     with progress.bar("bench tasks", len(specs), "tasks") as bar:
-        for path, spec in specs:
+        for spec in specs:
             try:
                 has_items = bool(spec.split_items(cfg.evaluate.split))
             except UserInputError:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -376,12 +374,6 @@ def load_config(
             raise ConfigError(f"{source}{errors[0]}")
         raise ConfigError(f"{source}{len(errors)} config problems: " + "; ".join(errors))
     return cfg
-
-
-def config_hash(section: Any) -> str:
-    """Stable hash of a (sub)config, for the stage store."""
-    blob = json.dumps(to_dict(section) if dataclasses.is_dataclass(section) else section, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def diff_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -6,7 +6,7 @@ import difflib
 import importlib
 from typing import Any
 
-from selfguide.backends.base import Backend, GenParams
+from selfguide.backends.base import Backend
 from selfguide.errors import BackendUnavailable
 
 # name -> ("module:Class", install hint). Heavy libraries are imported only when a backend is built.
@@ -30,4 +30,4 @@ def get_backend(name: str, **kwargs: Any) -> Backend:
     return getattr(module, cls_name)(**kwargs)
 
 
-__all__ = ["Backend", "GenParams", "BACKENDS", "get_backend"]
+__all__ = ["Backend", "BACKENDS", "get_backend"]

@@ -8,19 +8,7 @@ Chat templating happens through `render`, so every backend sees identical prompt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
-
-
-@dataclass(frozen=True)
-class GenParams:
-    n: int = 1
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 64
-    stop: tuple[str, ...] = ()
-    seed: int = 0
 
 
 class Backend(Protocol):

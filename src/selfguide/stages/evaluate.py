@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from selfguide import prompts
@@ -144,10 +143,6 @@ def summarize(ctx: Context, preds: list[dict[str, Any]]) -> dict[str, Any]:
         out["confusion"] = confusion(predicted, gold, list(task.labels))
         out["predicted_mix"] = dict(Counter(p or "<other>" for p in predicted))
     return out
-
-
-def item_scores(stage_dir: Path, metric: str) -> dict[str, float]:
-    return {r["id"]: r["scores"][metric] for r in read_records(stage_dir / "predictions.jsonl")}
 
 
 def verdict(ctx: Context, baseline: str = "prompt-fewshot", system: str = "selfguide") -> dict[str, Any]:
