@@ -61,3 +61,29 @@ def test_render_uses_chat_template(backend):
 def test_unknown_backend():
     with pytest.raises(BackendUnavailable, match="did you mean 'hf'"):
         get_backend("hff")
+
+
+def test_prefix_cache_gives_the_same_greedy_text(tiny_model):
+    """Prompts sharing a long prefix (instruction + examples): one prefix pass, reused KV cache."""
+    from conftest import EXAMPLE
+    from selfguide import prompts
+    from selfguide.backends.hf import shared_prefix_len
+    from selfguide.task import load_task
+
+    task = load_task(EXAMPLE)
+    plain = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=3)
+    cached = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=3, prefix_cache=True)
+    rendered = [plain.render(prompts.task_messages(task, it.input)) for it in task.instances[:7]]
+    ids = [plain.tokenizer(p, add_special_tokens=False)["input_ids"] for p in rendered]
+    assert shared_prefix_len(ids) > 100
+    assert cached.generate(rendered, max_new_tokens=10) == plain.generate(rendered, max_new_tokens=10)
+    a = cached.generate(rendered[:2], n=3, temperature=1.0, top_k=20, max_new_tokens=6, seed=3)
+    assert [len(x) for x in a] == [3, 3] and a == cached.generate(rendered[:2], n=3, temperature=1.0, top_k=20, max_new_tokens=6, seed=3)
+
+
+def test_shared_prefix_len():
+    from selfguide.backends.hf import shared_prefix_len
+
+    assert shared_prefix_len([list(range(50)) + [1], list(range(50)) + [2]]) == 50
+    assert shared_prefix_len([list(range(50)), list(range(50))]) == 49  # each keeps one own token
+    assert shared_prefix_len([[1, 2, 3], [1, 2, 4]]) == 0  # too short to bother

@@ -92,7 +92,8 @@ def _hf_factory(ctx: Context, model: str) -> Callable[[], Backend]:
             from selfguide.backends import get_backend
 
             m = ctx.cfg.model
-            holder["b"] = get_backend("hf", model=model, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads)
+            holder["b"] = get_backend("hf", model=model, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads,
+                                      prefix_cache=m.prefix_cache)
         return holder["b"]
 
     factory.holder = holder  # type: ignore[attr-defined]
@@ -103,7 +104,10 @@ def base_identity(ctx: Context) -> dict[str, Any]:
     from selfguide.models import resolve_model
 
     ident = resolve_model(ctx.cfg.model.name).identity()
-    return {"name": ident["name"], "sha256": ident["sha256"], "dtype": ctx.cfg.model.dtype}
+    out = {"name": ident["name"], "sha256": ident["sha256"], "dtype": ctx.cfg.model.dtype}
+    if ctx.cfg.model.prefix_cache:
+        out["prefix_cache"] = True
+    return out
 
 
 def base_backend_factory(ctx: Context) -> Callable[[], Backend]:
@@ -126,7 +130,8 @@ def evaluate_trained(ctx: Context, train_manifest: dict[str, Any], system: str =
     from selfguide.stages.evaluate import run_evaluate
 
     model_dir = train_manifest["model_dir"]
-    ident = {"name": f"{system}:{ctx.task.id}", "train_finished_at": train_manifest["finished_at"], "dtype": ctx.cfg.model.dtype}
+    ident = {"name": f"{system}:{ctx.task.id}", "train_finished_at": train_manifest["finished_at"], "dtype": ctx.cfg.model.dtype,
+             "prefix_cache": ctx.cfg.model.prefix_cache}
     factory = _hf_factory(ctx, model_dir)
     try:
         return run_evaluate(ctx, system, ident, factory, shots="fewshot")

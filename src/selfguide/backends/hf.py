@@ -17,6 +17,21 @@ from selfguide.models import ModelRef, resolve_model
 log = logging.getLogger(__name__)
 
 
+MIN_SHARED_PREFIX = 32  # tokens; below this a separate prefix pass is not worth it
+
+
+def shared_prefix_len(ids: list[list[int]]) -> int:
+    """Tokens all prompts share at the start, leaving every prompt at least one token of its own."""
+    if not ids:
+        return 0
+    limit = min(len(x) for x in ids) - 1
+    first = ids[0]
+    k = 0
+    while k < limit and all(x[k] == first[k] for x in ids):
+        k += 1
+    return k if k >= MIN_SHARED_PREFIX else 0
+
+
 class HFBackend:
     name = "hf"
 
@@ -27,6 +42,7 @@ class HFBackend:
         batch_size: int = 32,
         device: str = "auto",
         threads: int = 0,
+        prefix_cache: bool = False,
         model_ref: Optional[ModelRef] = None,
         **_: Any,
     ):
@@ -38,6 +54,7 @@ class HFBackend:
         self.device = hf_model.pick_device(device)
         self.dtype = hf_model.pick_dtype(dtype, self.device)
         self.batch_size = batch_size
+        self.prefix_cache = prefix_cache
         path = hf_model.materialize(self.ref)
         self.tokenizer = hf_model.load_tokenizer(path)
         self.tokenizer.padding_side = "left"
@@ -75,16 +92,18 @@ class HFBackend:
     ) -> list[list[str]]:
         greedy = temperature <= 0
         copies = 1 if greedy else n
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        prefix_len = shared_prefix_len(ids) if self.prefix_cache else 0
+        prefix = self._encode_prefix(ids[0][:prefix_len]) if prefix_len else None
         jobs = [(p, c) for p in range(len(prompts)) for c in range(copies)]
-        lengths = [len(self.tokenizer(prompts[p], add_special_tokens=False)["input_ids"]) for p, _ in jobs]
         # Longest first: similar lengths share a batch (little padding) and memory peaks early.
-        order = sorted(range(len(jobs)), key=lambda j: (-lengths[j], j))
+        order = sorted(range(len(jobs)), key=lambda j: (-len(ids[jobs[j][0]]), j))
         texts: dict[int, str] = {}
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             batch = order[start : start + self.batch_size]
             outs = self._generate_batch(
-                [prompts[jobs[j][0]] for j in batch], greedy, temperature, top_k, top_p, max_new_tokens, stop,
-                seed=seed * 1_000_003 + b,
+                [ids[jobs[j][0]] for j in batch], prefix_len, prefix, greedy, temperature, top_k, top_p, max_new_tokens,
+                stop, seed=seed * 1_000_003 + b,
             )
             texts.update(zip(batch, outs))
         result: list[list[str]] = [[] for _ in prompts]
@@ -96,19 +115,42 @@ class HFBackend:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _generate_batch(
-        self, batch_prompts: list[str], greedy: bool, temperature: float, top_k: int, top_p: float,
-        max_new_tokens: int, stop: Sequence[str], seed: int,
-    ) -> list[str]:
+    def _encode_prefix(self, prefix_ids: list[int]) -> Any:
+        """KV cache of the prompt prefix every prompt of the call shares (instruction + examples)."""
         import torch
 
-        enc = self.tokenizer(batch_prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        with torch.inference_mode():
+            return self.model(torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
+
+    def _generate_batch(
+        self, batch_ids: list[list[int]], prefix_len: int, prefix_cache: Any, greedy: bool, temperature: float,
+        top_k: int, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int,
+    ) -> list[str]:
+        import copy
+
+        import torch
+
+        # Row = shared prefix, then left padding, then the prompt's own suffix. Position ids come from
+        # the attention mask, so each suffix continues right after the prefix.
+        width = max(len(x) for x in batch_ids) - prefix_len
+        pad = self.tokenizer.pad_token_id
+        rows, masks = [], []
+        for x in batch_ids:
+            suffix = x[prefix_len:]
+            gap = width - len(suffix)
+            rows.append(x[:prefix_len] + [pad] * gap + suffix)
+            masks.append([1] * prefix_len + [0] * gap + [1] * len(suffix))
+        enc = {"input_ids": torch.tensor(rows, device=self.device), "attention_mask": torch.tensor(masks, device=self.device)}
         kwargs: dict[str, Any] = {
             "max_new_tokens": max_new_tokens,
             "eos_token_id": self.end_ids,
-            "pad_token_id": self.tokenizer.pad_token_id,
+            "pad_token_id": pad,
             "do_sample": not greedy,
         }
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch_ids))
+            kwargs["past_key_values"] = cache
         if greedy:
             kwargs.update(temperature=None, top_k=None, top_p=None)
         else:
@@ -122,7 +164,7 @@ class HFBackend:
         except (RuntimeError, MemoryError) as exc:
             if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
                 raise BackendError(
-                    f"out of memory while generating {len(batch_prompts)} sequences; lower model.batch_size "
+                    f"out of memory while generating {len(batch_ids)} sequences; lower model.batch_size "
                     f"(now {self.batch_size}) or the stage's max_new_tokens"
                 ) from None
             raise

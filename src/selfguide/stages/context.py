@@ -49,7 +49,8 @@ class Context:
             else:
                 m = self.cfg.model
                 self._backend = get_backend(
-                    m.backend, model=m.name, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads
+                    m.backend, model=m.name, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads,
+                    prefix_cache=m.prefix_cache,
                 )
         return self._backend
 
@@ -70,4 +71,6 @@ class Context:
                 ident = resolve_model(m.name).identity()
                 self._model_identity = {"name": ident["name"], "sha256": ident["sha256"]}
             self._model_identity.update(backend=m.backend, dtype=m.dtype)
+            if m.prefix_cache:  # other numerics: results made without it are not reused
+                self._model_identity["prefix_cache"] = True
         return self._model_identity
