@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench reliability clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: install
 
 bench: install
 	$(PY) bench/generation.py
+
+reliability: install
+	$(PY) bench/reliability.py --kills 100
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

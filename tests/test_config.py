@@ -27,6 +27,7 @@ def test_defaults_and_overrides(tmp_path):
     ("train.epochs=2.5", "must be an integer"),
     ("model.batch_size=0", "must be in"),
     ("evaluate.baselines=[oneshot]", "unknown baseline"),
+    ("evaluate.baselines=[zeroshot]", "must include fewshot"),
     ("nosuchsection.x=1", "unknown key 'nosuchsection'"),
     ("generate=3", "must be a mapping"),
     ("seed", "expected key=value"),

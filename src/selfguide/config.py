@@ -248,6 +248,8 @@ def _validate(cfg: RunConfig, errors: list[str]) -> None:
     for name in cfg.evaluate.baselines:
         if name not in BASELINES:
             errors.append(f"evaluate.baselines: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    if "fewshot" not in cfg.evaluate.baselines:
+        errors.append("evaluate.baselines must include fewshot: the verdict compares the finetuned model with it")
     if cfg.train.epochs and cfg.train.batch_size * cfg.train.grad_accum > 100_000:
         errors.append("train.batch_size * train.grad_accum is over 100000; lower one of them")
 
