@@ -56,6 +56,8 @@ def test_stage_begin_done_resume_refuse(tmp_path):
     with pytest.raises(StageStateError, match=r"t: 0.6 -> 0.9"):
         changed.begin()
     assert changed.begin(force=True) == "fresh" and not changed.manifest_path.exists()
+    changed.finish({"n": 2}, started=0.0)
+    assert changed.begin(force=True) == "done"  # --force redoes changed stages only
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

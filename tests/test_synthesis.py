@@ -105,6 +105,13 @@ def test_changed_config_is_refused_then_forced(run_dir):
         synthesize(ctx_for(run_dir, overrides=["generate.temperature=0.9"]))
     m = synthesize(ctx_for(run_dir, overrides=["generate.temperature=0.9"], force=True))
     assert m["generate"]["config"]["resolved"]["temperature"] == 0.9
+    # only the annotate settings change: generate is kept, annotate is redone
+    gen_bytes = (run_dir / "default/scitail/generate/candidates.jsonl").read_bytes()
+    fb = FakeBackend()
+    m = synthesize(ctx_for(run_dir, backend=fb, overrides=["generate.temperature=0.9", "annotate.label_source=conditioned"], force=True))
+    assert m["annotate"]["counts"]["label_source"] == "conditioned"
+    assert (run_dir / "default/scitail/generate/candidates.jsonl").read_bytes() == gen_bytes
+    assert fb.calls == []  # samples reused: only the selection of pairs changed
 
 
 @pytest.mark.parametrize("source", ["annotate", "conditioned", "agree"])
@@ -174,3 +181,10 @@ def test_hf_backend_synthesis_is_byte_identical_for_the_same_seed(tmp_path, tiny
 
     assert synth(tmp_path / "a", 1) == synth(tmp_path / "b", 1)
     assert synth(tmp_path / "c", 2)["generate/candidates.jsonl"] != synth(tmp_path / "a", 1)["generate/candidates.jsonl"]
+
+
+def test_changed_sampling_setting_redraws_samples(run_dir):
+    synthesize(ctx_for(run_dir))
+    fb = FakeBackend()
+    synthesize(ctx_for(run_dir, backend=fb, overrides=["annotate.n=5"], force=True))
+    assert fb.calls and all(call["n"] == 5 for call in fb.calls)

@@ -144,11 +144,12 @@ class Stage:
             return None
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
-    def begin(self, force: bool = False) -> str:
+    def begin(self, force: bool = False, keep: tuple[str, ...] = ()) -> str:
         """Decide what to do: 'done' (up to date), 'resume' or 'fresh'. Refuses stale results.
 
         A changed config or input raises StageStateError with the changed keys, unless `force`,
-        which wipes the stage folder.
+        which wipes the stage folder (except the files named in `keep`, which the stage checks
+        itself) and redoes it. Stages whose settings did not change are kept.
         """
         wanted = {"config": self.config, "inputs": self.inputs}
         stage_file = self.dir / STAGE_FILE
@@ -165,9 +166,10 @@ class Stage:
                     raise StageStateError(
                         f"{self.dir}: made with other settings ({shown}); use --force to redo it or a new --name"
                     )
-                shutil.rmtree(self.dir)
-            elif force:
-                shutil.rmtree(self.dir)
+                for child in self.dir.iterdir():
+                    if child.name in keep:
+                        continue
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
             elif self.manifest_path.exists():
                 return "done"
             else:

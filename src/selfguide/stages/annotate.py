@@ -8,6 +8,7 @@ Then the label source (annotate | conditioned | agree) and class balancing give 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ from selfguide.filters import check_output, length_window
 from selfguide.labels import balance_classes, majority_vote, map_to_label
 from selfguide.stages import generate
 from selfguide.stages.context import Context, derive_seed
-from selfguide.store import Stage, append_records, file_hash, read_records, write_records
+from selfguide.store import Stage, append_records, atomic_write_json, file_hash, read_records, write_records
 
 log = logging.getLogger(__name__)
 STAGE = "annotate"
@@ -39,6 +40,17 @@ def resolved_max_new_tokens(ctx: Context) -> int:
 def output_filter_on(ctx: Context) -> bool:
     a = ctx.cfg.annotate
     return a.output_length_filter if a.output_length_filter is not None else ctx.task.kind == "generation"
+
+
+# Settings that only choose among already-drawn votes: changing them (with --force) re-selects the
+# pairs without drawing the samples again.
+SELECTION_KEYS = ("label_source", "agree_margin", "balance", "balance_cap")
+
+
+def sampling_key(stage: Stage) -> dict[str, Any]:
+    config = dict(stage.config)
+    config["annotate"] = {k: v for k, v in config["annotate"].items() if k not in SELECTION_KEYS}
+    return {"config": config, "inputs": stage.inputs}
 
 
 def make_stage(ctx: Context) -> Stage:
@@ -88,7 +100,7 @@ def annotate_samples(ctx: Context, samples: list[str]) -> dict[str, Any]:
 
 def run_annotate(ctx: Context) -> dict[str, Any]:
     stage = make_stage(ctx)
-    state = stage.begin(ctx.force)
+    state = stage.begin(ctx.force, keep=("annotations.jsonl", "sampling.json"))
     if state == "done":
         log.info("annotate[%s]: up to date, skipping (--force to redo)", ctx.task.id)
         return stage.manifest()  # type: ignore[return-value]
@@ -96,6 +108,13 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     task, a = ctx.task, ctx.cfg.annotate
     inputs = read_records(ctx.stage_dir(generate.STAGE) / "inputs.jsonl")
     ann_path = stage.dir / "annotations.jsonl"
+    key_path = stage.dir / "sampling.json"
+    key = sampling_key(stage)
+    if key_path.exists() and json.loads(key_path.read_text()) != key:
+        ann_path.unlink(missing_ok=True)  # drawn with other sampling settings: draw again
+    elif key_path.exists() and ann_path.exists():
+        log.info("annotate[%s]: reusing drawn samples, re-selecting pairs", task.id)
+    atomic_write_json(key_path, key)
     chunks = [inputs[i : i + a.chunk_size] for i in range(0, len(inputs), a.chunk_size)]
     existing = read_records(ann_path, repair=True)
     # A chunk counts only when all its inputs are present; a partial chunk is redone.
