@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("tasks", nargs="+")
     ap.add_argument("--name", default="bench-defaults")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--force", action="store_true", help="redo stages whose settings changed")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--run-dir", default=str(ROOT / "runs"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "runs-embedded.md"))
@@ -46,7 +47,8 @@ def main() -> None:
     results = json.loads(out_json.read_text()) if out_json.exists() else {}
     for task_file in args.tasks:
         t0 = time.time()
-        res = selfguide.run(task_file, quick=args.quick, overrides=[f"run_dir={args.run_dir}", f"name={args.name}", *args.overrides])
+        res = selfguide.run(task_file, quick=args.quick, force=args.force,
+                            overrides=[f"run_dir={args.run_dir}", f"name={args.name}", *args.overrides])
         m = res.manifests
         pairs = read_records(res.run_dir / "annotate" / "pairs.jsonl")
         rng = random.Random(0)
