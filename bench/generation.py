@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "generation.md"))
+    ap.add_argument("--stages", action="store_true", help="also time real stage calls with and without model.prefix_cache")
     args = ap.parse_args()
 
     import torch
@@ -64,11 +65,12 @@ def main() -> None:
             rows.append((dtype, bs, round(prompt_tokens), round(best, 2), round(tps, 1)))
             print(f"{dtype:9} batch {bs:3}: {tps:7.1f} gen tok/s ({best:.2f} s for {bs}x{args.new_tokens} tokens, ~{prompt_tokens:.0f}-token prompts)", flush=True)
         backend.close()
+    stage_rows = stage_workloads(task, args.repeat) if args.stages else []
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     lines = [
         "# Generation throughput: hf backend, embedded SmolLM2-135M-Instruct",
         "",
-        f"Command: `.venv/bin/python bench/generation.py --new-tokens {args.new_tokens} --repeat {args.repeat}`",
+        "Command: `.venv/bin/python bench/generation.py " + " ".join(sys.argv[1:]) + "`",
         "",
         f"- machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), native bf16 (AMX/AVX512-BF16): "
         f"{'yes' if cpu_has_native_bf16() else 'no'}, no GPU",
@@ -87,10 +89,54 @@ def main() -> None:
               if ("bfloat16", b) in by and ("float32", b) in by]
     if ratios:
         lines += ["Ratios within this run: " + "; ".join(ratios) + ".", ""]
+    if stage_rows:
+        lines += ["## Stage calls: shared-prefix KV cache", "",
+                  "Real backend calls as the stages make them (bf16, batch 32, best of the repeats after a warm-up): annotation = 16 inputs "
+                  "x n=10 samples at T=0.2, top_k 10, up to 8 new tokens; evaluation = 32 items, greedy, up to 8 new tokens. "
+                  "`model.prefix_cache` encodes the prefix every prompt shares (system + examples) once and reuses its KV cache.", "",
+                  "| workload | prompt tokens (shared prefix) | plain s | prefix cache s | speed-up | same greedy text |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {w} | {t} ({p}) | {a} | {b} | {a / b:.2f}x | {same} |" for w, t, p, a, b, same in stage_rows]
+        lines.append("")
     lines += ["`model.dtype: auto` picks bf16 on CPUs with native bf16 and float32 elsewhere; `model.batch_size` defaults to 32.", ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
     print(f"wrote {args.out}")
+
+
+def stage_workloads(task, repeat: int) -> list[tuple]:
+    """Annotation- and evaluation-shaped calls through backend.generate, plain vs prefix cache."""
+    from selfguide import prompts
+    from selfguide.backends import get_backend
+    from selfguide.backends.hf import shared_prefix_len
+
+    items = task.split_items("test")
+    plain = get_backend("hf", model="embedded", dtype="bfloat16", batch_size=32)
+    cached = get_backend("hf", model="embedded", dtype="bfloat16", batch_size=32, prefix_cache=True)
+    rows = []
+    workloads = {
+        "annotate (16 x n=10, T=0.2)": ([plain.render(prompts.task_messages(task, it.input)) for it in items[:16]],
+                                        dict(n=10, temperature=0.2, top_k=10, max_new_tokens=8, seed=1)),
+        "evaluate (32 items, greedy)": ([plain.render(prompts.task_messages(task, it.input)) for it in items[16:48]],
+                                        dict(max_new_tokens=8)),
+    }
+    for name, (batch, kw) in workloads.items():
+        ids = [plain.tokenizer(p, add_special_tokens=False)["input_ids"] for p in batch]
+        times = {}
+        outs = {}
+        for label, backend in (("plain", plain), ("cached", cached)):
+            backend.generate(batch, **kw)  # warm-up
+            best = float("inf")
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                outs[label] = backend.generate(batch, **kw)
+                best = min(best, time.perf_counter() - t0)
+            times[label] = round(best, 2)
+        same = "yes" if outs["plain"] == outs["cached"] else ("n/a (sampled)" if kw.get("temperature") else "no")
+        mean_len = round(sum(len(x) for x in ids) / len(ids))
+        rows.append((name, mean_len, shared_prefix_len(ids), times["plain"], times["cached"], same))
+        print(rows[-1], flush=True)
+    return rows
 
 
 if __name__ == "__main__":
