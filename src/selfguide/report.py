@@ -87,10 +87,11 @@ def build_sections(ctx: Context, manifests: dict[str, Any], verdict: dict[str, A
     funnel = manifests["generate"]["funnel"] + manifests["annotate"]["funnel"]
     base_preds = read_records(ctx.stage_dir("evaluate") / "prompt-fewshot" / "predictions.jsonl")
     ft_preds = {r["id"]: r for r in read_records(ctx.stage_dir("evaluate") / "selfguide" / "predictions.jsonl")}
+    inputs = {it.id: it.input for it in ctx.task.instances}
     samples = []
     for b in base_preds[:10]:
         f = ft_preds.get(b["id"], {})
-        inp = b["prompt"].rsplit("user\n", 1)[-1][:200]
+        inp = inputs.get(b["id"], "")[:200]
         samples.append([inp, b["references"][0][:120], b["prediction"][:120], f.get("prediction", "")[:120]])
     pairs = read_records(ctx.stage_dir("annotate") / "pairs.jsonl")[:5]
     return {"systems": names, "score_header": ["metric", *names, "delta (selfguide - prompt-fewshot)", "95% CI"],
