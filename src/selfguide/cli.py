@@ -74,9 +74,10 @@ def run_options(f: Any) -> Any:
     return f
 
 
-def _context(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool,
+def _context(task_file: str, config_path: Optional[str] = None, overrides: tuple[str, ...] = (), model: Optional[str] = None,
+             backend: Optional[str] = None, run_dir: Optional[str] = None, name: Optional[str] = None, force: bool = False,
              preset: Optional[dict[str, Any]] = None) -> Any:
+    """Build the run context from the options every stage command shares (see run_options)."""
     from selfguide.pipeline import make_context
 
     extra: dict[str, Any] = dict(preset or {})
@@ -167,13 +168,12 @@ def task_check(task_file: str, kind: Optional[str], labels: Optional[str]) -> No
 
 @cli.command()
 @run_options
-def generate(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool) -> None:
+def generate(**opts: Any) -> None:
     """Stage 1: the model writes new task inputs, filtered per round."""
     from selfguide.pipeline import save_resolved_config
     from selfguide.stages.generate import run_generate
 
-    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    ctx = _context(**opts)
     save_resolved_config(ctx)
     manifest = run_generate(ctx)
     _funnel_table(f"generate {ctx.task.id}", manifest["funnel"])
@@ -182,15 +182,14 @@ def generate(task_file: str, config_path: Optional[str], overrides: tuple[str, .
 
 @cli.command()
 @run_options
-def annotate(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool) -> None:
+def annotate(**opts: Any) -> None:
     """Stage 2: the model labels its inputs (n samples, majority vote, class balance).
 
     Runs stage 1 first if it has not finished.
     """
     from selfguide.pipeline import synthesis_summary, synthesize
 
-    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    ctx = _context(**opts)
     manifests = synthesize(ctx)
     _funnel_table(f"generate {ctx.task.id}", manifests["generate"]["funnel"])
     _funnel_table(f"annotate {ctx.task.id}", manifests["annotate"]["funnel"])
@@ -201,13 +200,12 @@ def annotate(task_file: str, config_path: Optional[str], overrides: tuple[str, .
 @cli.command("export-data")
 @run_options
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (default: the run's annotate/export).")
-def export_data(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-                backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool, out_dir: Optional[str]) -> None:
+def export_data(out_dir: Optional[str], **opts: Any) -> None:
     """Write the synthetic training set as JSONL and as a Hugging Face dataset, with a card."""
     from selfguide.export import export_dataset
     from selfguide.pipeline import synthesize
 
-    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    ctx = _context(**opts)
     synthesize(ctx)
     target = export_dataset(ctx, Path(out_dir) if out_dir else None)
     click.echo(f"dataset written to {target}")
@@ -215,13 +213,12 @@ def export_data(task_file: str, config_path: Optional[str], overrides: tuple[str
 
 @cli.command()
 @run_options
-def train(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-          backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool) -> None:
+def train(**opts: Any) -> None:
     """Stage 3: finetune the model on its synthetic pairs (LoRA or full). Runs stages 1-2 first if needed."""
     from selfguide.pipeline import synthesize
     from selfguide.stages.train import run_train
 
-    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    ctx = _context(**opts)
     synthesize(ctx)
     ctx.close_backend()
     manifest = run_train(ctx)
@@ -234,8 +231,7 @@ def train(task_file: str, config_path: Optional[str], overrides: tuple[str, ...]
 @run_options
 @click.option("--shots", type=click.Choice(["fewshot", "zeroshot"]), default="fewshot", help="Prompt with or without the task's examples.")
 @click.option("--finetuned", is_flag=True, help="Evaluate this run's finetuned model against the prompting baselines and print the verdict.")
-def evaluate(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-             backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool, shots: str, finetuned: bool) -> None:
+def evaluate(shots: str, finetuned: bool, **opts: Any) -> None:
     """Stage 4: greedy decoding on the task's labelled items, scored with NIv2 and paper-compatible metrics.
 
     Without --finetuned, evaluates --model (default: the config's model) with the chosen prompt.
@@ -246,11 +242,11 @@ def evaluate(task_file: str, config_path: Optional[str], overrides: tuple[str, .
     from selfguide.models import resolve_model
     from selfguide.stages.evaluate import run_evaluate, verdict
 
-    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force)
+    ctx = _context(**opts)
     if finetuned:
         train_manifest = _json.loads((ctx.stage_dir("train") / "MANIFEST.json").read_text()) if (ctx.stage_dir("train") / "MANIFEST.json").exists() else None
         if train_manifest is None:
-            raise SelfGuideError(f"no finetuned model in {ctx.stage_dir('train')}; run `selfguide train {task_file}` first")
+            raise SelfGuideError(f"no finetuned model in {ctx.stage_dir('train')}; run `selfguide train {opts['task_file']}` first")
         pipeline.evaluate_baselines(ctx)
         pipeline.evaluate_trained(ctx, train_manifest)
         v = verdict(ctx)
@@ -284,9 +280,8 @@ def _scores_table(v: dict[str, Any]) -> None:
 
 @cli.command("run")
 @run_options
-@click.option("--quick", is_flag=True, help="Fewer inputs, samples, epochs and eval items: about 10 minutes on 2 CPU cores.")
-def run_cmd(task_file: str, config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-            backend: Optional[str], run_dir: Optional[str], name: Optional[str], force: bool, quick: bool) -> None:
+@click.option("--quick", is_flag=True, help="Fewer inputs, samples, epochs and eval items: about 4 minutes on 2 CPU cores.")
+def run_cmd(quick: bool, **opts: Any) -> None:
     """Everything: generate -> annotate -> prompting baselines -> train -> evaluate -> verdict + report.
 
     Resumable: after a crash or Ctrl-C, run the same command again.
@@ -294,7 +289,7 @@ def run_cmd(task_file: str, config_path: Optional[str], overrides: tuple[str, ..
     from selfguide.config import QUICK_PRESET
     from selfguide.pipeline import run, synthesis_summary
 
-    ctx = _context(task_file, config_path, overrides, model, backend, run_dir, name, force, preset=QUICK_PRESET if quick else None)
+    ctx = _context(**opts, preset=QUICK_PRESET if quick else None)
     result = run(ctx.task, ctx=ctx)
     v = result.verdict
     _funnel_table(f"synthesis funnel {ctx.task.id}", result.manifests["generate"]["funnel"] + result.manifests["annotate"]["funnel"][1:])
