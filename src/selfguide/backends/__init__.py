@@ -12,6 +12,7 @@ from selfguide.errors import BackendUnavailable
 # name -> ("module:Class", install hint). Heavy libraries are imported only when a backend is built.
 BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("selfguide.backends.hf:HFBackend", "pip install torch==2.13.0 transformers gguf"),
+    "native": ("selfguide.backends.native:NativeBackend", "pip install torch==2.13.0 transformers gguf"),
     "fake": ("selfguide.backends.fake:FakeBackend", ""),
 }
 

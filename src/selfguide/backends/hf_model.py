@@ -120,6 +120,12 @@ def end_of_turn_text(tok: Any) -> str:
     return tok.eos_token
 
 
+def load_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path))
+
+
 def load_model(path: Path, dtype: Any, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 

@@ -1,0 +1,236 @@
+"""native backend: selfguide's own batched decoder for Llama-family models (CPU first, GPU works).
+
+Scheduling, per `generate` call:
+- the prefix every prompt shares (instruction + examples) is encoded once; all sequences attend it;
+- each prompt's own suffix is encoded once, however many samples (n) are drawn from it;
+- `batch_size` KV slots are allocated once; a sequence that ends (end-of-turn, stop string, token
+  limit) frees its slot and the next waiting job takes it at once (continuous batching), so a
+  batch never waits for its longest member.
+Same prompts + same seed give the same texts. Greedy text matches the hf backend's up to float
+rounding (tested in float32).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Optional, Sequence
+
+from selfguide.backends import hf_model
+from selfguide.backends.base import cut_at_stop
+from selfguide.backends.hf import shared_prefix_len
+from selfguide.errors import BackendError
+from selfguide.models import ModelRef, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(
+        self,
+        model: str = "embedded",
+        dtype: str = "auto",
+        batch_size: int = 32,
+        device: str = "auto",
+        threads: int = 0,
+        prefix_cache: bool = True,
+        model_ref: Optional[ModelRef] = None,
+        **_: Any,
+    ):
+        import torch
+
+        from selfguide.backends.native_llama import LlamaDecoder, check_supported
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.ref = model_ref or resolve_model(model)
+        self.device = hf_model.pick_device(device)
+        self.dtype = hf_model.pick_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.prefix_cache = prefix_cache
+        path = hf_model.materialize(self.ref)
+        check_supported(hf_model.load_config(path))
+        self.tokenizer = hf_model.load_tokenizer(path)
+        self.model = hf_model.load_model(path, self.dtype, self.device)
+        self.decoder = LlamaDecoder(self.model)
+        self.end_ids = set(hf_model.end_token_ids(self.tokenizer, self.model))
+        self._identity = {**self.ref.identity(), "engine": "selfguide-native", "dtype": str(self.dtype).replace("torch.", "")}
+
+    # -- contract -------------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def render(self, messages: Sequence[dict[str, str]], prefill: str = "") -> str:
+        return hf_model.render_prompt(self.tokenizer, messages, prefill)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def close(self) -> None:
+        import gc
+
+        self.model = self.decoder = None
+        gc.collect()
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[list[str]]:
+        import torch
+
+        if not prompts:
+            return []
+        greedy = temperature <= 0
+        copies = 1 if greedy else n
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if any(not x for x in ids):
+            raise BackendError("an empty prompt reached the native backend")
+        P = shared_prefix_len(ids) if self.prefix_cache else 0
+        window = self.decoder.window
+        if window is not None and max(len(x) for x in ids) + max_new_tokens > window:
+            raise BackendError(f"prompts longer than the model's sliding window ({window}); set model.backend: hf")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            with torch.inference_mode():
+                texts = self._run(ids, P, copies, greedy, temperature, top_k, top_p, max_new_tokens, stop, generator)
+        except (RuntimeError, MemoryError) as exc:
+            if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+                raise BackendError(
+                    f"out of memory while generating; lower model.batch_size (now {self.batch_size}) "
+                    "or the stage's max_new_tokens"
+                ) from None
+            raise
+        result = [[texts[(p, c)] for c in range(copies)] for p in range(len(prompts))]
+        if greedy and n > 1:
+            result = [r * n for r in result]
+        return result
+
+    # -- scheduler ----------------------------------------------------------------------------
+
+    def _run(self, ids, P, copies, greedy, temperature, top_k, top_p, max_new_tokens, stop, generator):
+        import torch
+
+        dec = self.decoder
+        dev = self.device
+        prefix = dec.prefill(ids[0][:P], None, 0)[0] if P else None
+        suffixes = [x[P:] for x in ids]
+        S = max(len(s) for s in suffixes) + max_new_tokens
+        dec.rope_table(P + S + 1)
+        slots = min(self.batch_size, len(ids) * copies)
+        cache = [
+            (torch.zeros(slots, dec.n_kv, S, dec.head_dim, dtype=dec.dtype, device=dev),
+             torch.zeros(slots, dec.n_kv, S, dec.head_dim, dtype=dec.dtype, device=dev))
+            for _ in dec.layers
+        ]
+        # Jobs in prompt order, copies of a prompt next to each other: its suffix KV is encoded once.
+        pending = deque((p, c) for p in range(len(ids)) for c in range(copies))
+        encoded: dict[int, tuple[Any, Any, int]] = {}  # prompt -> (kv, last logits, copies left)
+        job: list[tuple[int, int]] = []  # per active slot
+        out: list[list[int]] = []
+        lens = torch.zeros(slots, dtype=torch.long, device=dev)
+        last = torch.zeros(slots, dtype=torch.long, device=dev)
+        texts: dict[tuple[int, int], str] = {}
+
+        def finished(k: int) -> bool:
+            toks = out[k]
+            if toks and toks[-1] in self.end_ids:
+                return True
+            if len(toks) >= max_new_tokens:
+                return True
+            if not stop:
+                return False
+            # Trailing U+FFFD is a character whose bytes are still arriving: not final text yet.
+            text = self.tokenizer.decode(toks, skip_special_tokens=True).rstrip("\ufffd")
+            return any(s and s in text for s in stop)
+
+        def retire(done: list[int]) -> None:
+            # Move the last active slot into each freed one so slots 0..A-1 stay the active ones.
+            for k in sorted(done, reverse=True):
+                toks = [t for t in out[k] if t not in self.end_ids]
+                texts[job[k]] = cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=True), stop)
+                tail = len(job) - 1
+                if k != tail:
+                    n_tok = int(lens[tail])
+                    for K, V in cache:
+                        K[k, :, :n_tok] = K[tail, :, :n_tok]
+                        V[k, :, :n_tok] = V[tail, :, :n_tok]
+                    lens[k], last[k] = lens[tail], last[tail]
+                    job[k], out[k] = job[tail], out[tail]
+                job.pop()
+                out.pop()
+
+        while pending or job:
+            admitted = []
+            while pending and len(job) < slots:
+                p, c = pending.popleft()
+                if p not in encoded:
+                    kv, logits = dec.prefill(suffixes[p], prefix, P)
+                    encoded[p] = (kv, logits, copies)
+                kv, logits, left = encoded[p]
+                k = len(job)
+                n_tok = len(suffixes[p])
+                for (K, V), (k_new, v_new) in zip(cache, kv):
+                    K[k, :, :n_tok] = k_new
+                    V[k, :, :n_tok] = v_new
+                lens[k] = n_tok
+                job.append((p, c))
+                out.append([])
+                admitted.append((k, logits))
+                if left == 1:
+                    del encoded[p]
+                else:
+                    encoded[p] = (kv, logits, left - 1)
+            if admitted:
+                first = _sample(torch.stack([lg for _, lg in admitted]), greedy, temperature, top_k, top_p, generator)
+                for (k, _), t in zip(admitted, first.tolist()):
+                    out[k].append(t)
+                    last[k] = t
+                done = [k for k, _ in admitted if finished(k)]
+                if done:
+                    retire(done)
+                    continue
+            A = len(job)
+            if A == 0:
+                continue
+            width = int(lens[:A].max()) + 1
+            logits = dec.decode(last[:A], lens[:A], prefix, P, cache, width)
+            lens[:A] += 1
+            nxt = _sample(logits, greedy, temperature, top_k, top_p, generator)
+            last[:A] = nxt
+            for k, t in enumerate(nxt.tolist()):
+                out[k].append(t)
+            done = [k for k in range(A) if finished(k)]
+            if done:
+                retire(done)
+        return texts
+
+
+def _sample(logits: Any, greedy: bool, temperature: float, top_k: int, top_p: float, generator: Any) -> Any:
+    """Next tokens [A] from logits [A, vocab] (float32): greedy, or temperature -> top-k -> top-p -> draw."""
+    import torch
+
+    if greedy:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop_sorted = cum <= 1 - top_p
+        drop_sorted[:, -1] = False  # always keep the most likely token
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

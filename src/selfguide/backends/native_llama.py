@@ -1,0 +1,208 @@
+"""The decoder math of Llama-family models (llama, mistral, qwen2) for the native engine.
+
+Why not `model.generate`: on a 2-core CPU its per-step cost is dominated by copying the KV cache
+(every step concatenates it), building padded masks and repeating KV heads. Here the weights are
+fused (q/k/v in one matmul, gate/up in one), the shared prompt prefix's KV is stored once and
+attended by every sequence with one matmul per KV head, and each sequence owns a pre-allocated
+KV slot that decode steps write into in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from selfguide.errors import BackendUnavailable
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclass
+class Layer:
+    ln1: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: Optional[torch.Tensor]
+    o_w: torch.Tensor
+    o_b: Optional[torch.Tensor]
+    ln2: torch.Tensor
+    gate_up_w: torch.Tensor
+    gate_up_b: Optional[torch.Tensor]
+    down_w: torch.Tensor
+    down_b: Optional[torch.Tensor]
+
+
+def check_supported(config: Any) -> None:
+    """Refuse architectures whose math differs from the one implemented here (use the hf backend)."""
+    kind = getattr(config, "model_type", "?")
+    if kind not in SUPPORTED_TYPES:
+        raise BackendUnavailable(
+            f"the native backend runs {', '.join(SUPPORTED_TYPES)} models, not '{kind}'; set model.backend: hf"
+        )
+    if kind == "qwen2" and getattr(config, "use_sliding_window", False):
+        raise BackendUnavailable("the native backend does not implement sliding-window attention; set model.backend: hf")
+
+
+def _cat_bias(*linears: Any) -> Optional[torch.Tensor]:
+    if all(m.bias is None for m in linears):
+        return None
+    return torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=m.weight.dtype) for m in linears])
+
+
+class LlamaDecoder:
+    """Inference-only view of a transformers Llama-family model: same weights, fused layout."""
+
+    def __init__(self, model: Any):
+        cfg = model.config
+        check_supported(cfg)
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.groups = self.n_heads // self.n_kv
+        self.eps = cfg.rms_norm_eps
+        self.scale = self.head_dim**-0.5
+        self.window = getattr(cfg, "sliding_window", None) if kind_uses_window(cfg) else None
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.norm = inner.norm.weight
+        self.lm_head = model.lm_head.weight
+        self.rotary = inner.rotary_emb
+        self.dtype = self.embed.dtype
+        self.act = inner.layers[0].mlp.act_fn
+        self.layers = []
+        with torch.no_grad():
+            for layer in inner.layers:
+                a, m = layer.self_attn, layer.mlp
+                self.layers.append(Layer(
+                    ln1=layer.input_layernorm.weight,
+                    qkv_w=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous(),
+                    qkv_b=_cat_bias(a.q_proj, a.k_proj, a.v_proj),
+                    o_w=a.o_proj.weight, o_b=a.o_proj.bias,
+                    ln2=layer.post_attention_layernorm.weight,
+                    gate_up_w=torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous(),
+                    gate_up_b=_cat_bias(m.gate_proj, m.up_proj),
+                    down_w=m.down_proj.weight, down_b=m.down_proj.bias,
+                ))
+        self._rope_len = 0
+        self._cos = self._sin = torch.empty(0)
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        # as transformers' LlamaRMSNorm: statistics in fp32, weight applied in the model dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w * h.to(x.dtype)
+
+    def rope_table(self, length: int) -> None:
+        """cos/sin for positions [0, length): computed by the model's own rotary module (rope scaling included)."""
+        if length <= self._rope_len:
+            return
+        length = max(length, 2 * self._rope_len)
+        pos = torch.arange(length, device=self.embed.device)[None]
+        probe = torch.zeros(1, dtype=self.dtype, device=self.embed.device)
+        cos, sin = self.rotary(probe, pos)
+        self._cos, self._sin = cos[0], sin[0]
+        self._rope_len = length
+
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """x [B, heads, T, d], pos [B, T]."""
+        cos = self._cos[pos].unsqueeze(1)
+        sin = self._sin[pos].unsqueeze(1)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    def _qkv(self, layer: Layer, x: torch.Tensor, pos: torch.Tensor):
+        B, T, _ = x.shape
+        qkv = F.linear(self._rms(x, layer.ln1), layer.qkv_w, layer.qkv_b)
+        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+        q = qkv[..., :nq].view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = qkv[..., nq : nq + nk].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = qkv[..., nq + nk :].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        return self._rope(q, pos), self._rope(k, pos), v
+
+    def _finish_layer(self, layer: Layer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        B, T = x.shape[:2]
+        x = x + F.linear(attn.transpose(1, 2).reshape(B, T, -1), layer.o_w, layer.o_b)
+        gu = F.linear(self._rms(x, layer.ln2), layer.gate_up_w, layer.gate_up_b)
+        gate, up = gu.chunk(2, dim=-1)
+        return x + F.linear(self.act(gate) * up, layer.down_w, layer.down_b)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._rms(h, self.norm), self.lm_head).float()
+
+    # -- passes ------------------------------------------------------------------------------
+
+    def prefill(self, ids: list[int], prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]], start: int):
+        """Encode one token sequence that follows `prefix` (positions start..). Returns its per-layer
+        KV [n_kv, T, d] and the logits after its last token."""
+        T = len(ids)
+        self.rope_table(start + T + 1)
+        tokens = torch.tensor([ids], device=self.embed.device)
+        pos = torch.arange(start, start + T, device=self.embed.device)[None]
+        x = F.embedding(tokens, self.embed)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        mask = causal if prefix is None else torch.cat([torch.ones(T, start, dtype=torch.bool, device=x.device), causal], 1)
+        kv = []
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, pos)
+            kv.append((k[0], v[0]))
+            if prefix is not None:
+                k = torch.cat([prefix[i][0][None], k], 2)
+                v = torch.cat([prefix[i][1][None], v], 2)
+            attn = F.scaled_dot_product_attention(
+                q, k.repeat_interleave(self.groups, 1), v.repeat_interleave(self.groups, 1), attn_mask=mask, scale=self.scale
+            )
+            x = self._finish_layer(layer, x, attn)
+        return kv, self.logits(x[:, -1])[0]
+
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        lens: torch.Tensor,
+        prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]],
+        prefix_len: int,
+        cache: list[tuple[torch.Tensor, torch.Tensor]],
+        width: int,
+    ) -> torch.Tensor:
+        """One step for A sequences: tokens [A], lens [A] = tokens already in each slot of `cache`
+        (per layer K/V [slots, n_kv, S, d]; slots 0..A-1 are used). Writes the new KV at lens and
+        returns the logits [A, vocab]. `width` = max(lens) + 1 (the cache columns to attend)."""
+        A = tokens.shape[0]
+        rows = torch.arange(A, device=tokens.device)
+        pos = (lens + prefix_len)[:, None]
+        x = F.embedding(tokens[:, None], self.embed)
+        invalid = torch.arange(width, device=tokens.device)[None] > lens[:, None]  # [A, width]
+        bias = torch.zeros(A, 1, 1, width, dtype=torch.float32, device=tokens.device).masked_fill(
+            invalid[:, None, None], float("-inf")
+        )
+        g, d, nkv = self.groups, self.head_dim, self.n_kv
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, pos)
+            K, V = cache[i]
+            K[rows, :, lens] = k[:, :, 0]
+            V[rows, :, lens] = v[:, :, 0]
+            qg = q.view(A, nkv, g, d)
+            own = torch.matmul(qg, K[:A, :, :width].transpose(-1, -2)).float() * self.scale + bias
+            if prefix is not None:
+                Kp, Vp = prefix[i]
+                shared = torch.bmm(qg.permute(1, 0, 2, 3).reshape(nkv, A * g, d), Kp.transpose(1, 2))
+                shared = shared.view(nkv, A, g, prefix_len).permute(1, 0, 2, 3).float() * self.scale
+                probs = torch.softmax(torch.cat([shared, own], -1), -1).to(self.dtype)
+                p_shared = probs[..., :prefix_len].permute(1, 0, 2, 3).reshape(nkv, A * g, prefix_len)
+                out = torch.bmm(p_shared, Vp).view(nkv, A, g, d).permute(1, 0, 2, 3)
+                out = out + torch.matmul(probs[..., prefix_len:], V[:A, :, :width])
+            else:
+                probs = torch.softmax(own, -1).to(self.dtype)
+                out = torch.matmul(probs, V[:A, :, :width])
+            x = self._finish_layer(layer, x, out.reshape(A, self.n_heads, 1, d))
+        return self.logits(x[:, 0])
+
+
+def kind_uses_window(cfg: Any) -> bool:
+    if cfg.model_type == "mistral":
+        return getattr(cfg, "sliding_window", None) is not None
+    return False
