@@ -202,8 +202,7 @@ class NativeBackend:
             A = len(job)
             if A == 0:
                 continue
-            width = int(lens[:A].max()) + 1
-            logits = dec.decode(last[:A], lens[:A], prefix, P, cache, width)
+            logits = dec.decode(last[:A], lens[:A], prefix, P, cache)
             lens[:A] += 1
             nxt = _sample(logits, greedy, temperature, top_k, top_p, generator)
             last[:A] = nxt
