@@ -34,6 +34,7 @@ def shared_prefix_len(ids: list[list[int]]) -> int:
 
 class HFBackend:
     name = "hf"
+    ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence (vLLM's ignore_eos)
 
     def __init__(
         self,
@@ -147,6 +148,8 @@ class HFBackend:
             "pad_token_id": pad,
             "do_sample": not greedy,
         }
+        if self.ignore_eos:
+            kwargs["min_new_tokens"] = max_new_tokens
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch_ids))

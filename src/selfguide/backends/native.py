@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class NativeBackend:
     name = "native"
+    ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence (vLLM's ignore_eos)
 
     def __init__(
         self,
@@ -143,7 +144,7 @@ class NativeBackend:
 
         def finished(k: int) -> bool:
             toks = out[k]
-            if toks and toks[-1] in self.end_ids:
+            if toks and toks[-1] in self.end_ids and not self.ignore_eos:
                 return True
             if len(toks) >= max_new_tokens:
                 return True

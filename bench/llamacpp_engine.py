@@ -1,0 +1,111 @@
+"""llama.cpp (llama-cpp-python's low-level API) as a batched engine, for the generation benchmark.
+
+The high-level `Llama` class has no batched generation, so this drives `llama_decode` with one
+sequence id per prompt (`n_seq_max` = batch, separate KV per sequence) and samples in numpy with
+the same temperature/top-k rule as the other engines. Token ids come from the HF tokenizer of the
+same model (same vocabulary), so every engine sees identical prompts. The GGUF is the embedded
+model's own Q4_1 file, as shipped. Build used (AMX off, see feasibility.md):
+CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF ..." pip install llama-cpp-python
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Sequence
+
+import numpy as np
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def __init__(self, gguf_path: str, tokenizer, end_ids, batch_size: int = 32, n_ctx_per_seq: int = 1024, threads: int = 2):
+        import llama_cpp
+
+        self.ll = llama_cpp
+        self.tokenizer = tokenizer
+        self.end_ids = set(end_ids)
+        self.batch_size = batch_size
+        self.ignore_eos = False
+        llama_cpp.llama_backend_init()
+        self.model = llama_cpp.llama_model_load_from_file(gguf_path.encode(), llama_cpp.llama_model_default_params())
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_per_seq * batch_size
+        params.n_batch = 512
+        params.n_ubatch = 512
+        params.n_seq_max = batch_size
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.batch = llama_cpp.llama_batch_init(512, 0, batch_size)
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """entries: (token, position, sequence, want_logits), at most n_batch of them."""
+        b = self.batch
+        for i, (tok, pos, seq, want) in enumerate(entries):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = want
+        b.n_tokens = len(entries)
+        if self.ll.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def _logits(self, i: int) -> np.ndarray:
+        ptr = self.ll.llama_get_logits_ith(self.ctx, i)
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)).copy()
+
+    def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 max_new_tokens: int = 64, stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
+        rng = np.random.default_rng(seed)
+        jobs = [p for p in range(len(prompts)) for _ in range(1 if temperature <= 0 else n)]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        texts: list[str] = []
+        for start in range(0, len(jobs), self.batch_size):
+            group = jobs[start : start + self.batch_size]
+            self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
+            nxt, out, alive = [], [[] for _ in group], list(range(len(group)))
+            for s, p in enumerate(group):  # prefill, n_batch tokens at a time; logits of the last one
+                toks = ids[p]
+                for c in range(0, len(toks), 512):
+                    chunk = toks[c : c + 512]
+                    self._decode([(t, c + j, s, c + j == len(toks) - 1) for j, t in enumerate(chunk)])
+                nxt.append(self._sample(self._logits(len(toks) - 1 - (len(toks) - 1) // 512 * 512), temperature, top_k, rng))
+            pos = [len(ids[p]) for p in group]
+            for s in range(len(group)):
+                out[s].append(nxt[s])
+            for _ in range(max_new_tokens - 1):
+                alive = [s for s in alive if not self._done(out[s], max_new_tokens, stop)]
+                if not alive:
+                    break
+                self._decode([(out[s][-1], pos[s], s, True) for s in alive])
+                for i, s in enumerate(alive):
+                    pos[s] += 1
+                    out[s].append(self._sample(self._logits(i), temperature, top_k, rng))
+            for s in range(len(group)):
+                toks = [t for t in out[s] if t not in self.end_ids]
+                texts.append(self.tokenizer.decode(toks, skip_special_tokens=True))
+        result: list[list[str]] = [[] for _ in prompts]
+        for p, t in zip(jobs, texts):
+            result[p].append(t)
+        return result
+
+    def _done(self, toks: list[int], limit: int, stop: Sequence[str]) -> bool:
+        if len(toks) >= limit or (toks[-1] in self.end_ids and not self.ignore_eos):
+            return True
+        return bool(stop) and any(s in self.tokenizer.decode(toks, skip_special_tokens=True) for s in stop)
+
+    @staticmethod
+    def _sample(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+        if temperature <= 0:
+            return int(logits.argmax())
+        logits = logits / temperature
+        if top_k:
+            keep = np.argpartition(-logits, top_k)[:top_k]
+            sub = logits[keep] - logits[keep].max()
+            probs = np.exp(sub) / np.exp(sub).sum()
+            return int(keep[rng.choice(top_k, p=probs)])
+        probs = np.exp(logits - logits.max())
+        return int(rng.choice(len(probs), p=probs / probs.sum()))
