@@ -66,7 +66,7 @@ def run_options(f: Any) -> Any:
     f = click.option("--force", is_flag=True, help="Redo stages whose saved results were made with other settings.")(f)
     f = click.option("--name", default=None, help="Run name: results go to RUN_DIR/NAME/TASK_ID/ (default: default).")(f)
     f = click.option("--run-dir", default=None, help="Folder that holds runs (default: runs).")(f)
-    f = click.option("--backend", default=None, help="Generation backend: hf | fake.")(f)
+    f = click.option("--backend", default=None, help="Generation backend: auto | native | hf | vllm | fake.")(f)
     f = click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. generate.temperature=0.7.")(f)
     f = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")(f)
@@ -135,7 +135,8 @@ def doctor() -> None:
         click.echo(f"CPU native bf16 (AMX/AVX512-BF16): {'yes' if cpu_has_native_bf16() else 'no'}")
         cuda = torch.cuda.is_available()
         click.echo(f"CUDA GPU: {torch.cuda.get_device_name(0) if cuda else 'none'}")
-        click.echo("backends: hf (available), fake (available)" + (", vllm (installed)" if importlib.util.find_spec("vllm") else ""))
+        click.echo("backends: native (available), hf (available), fake (available), vllm ("
+                   + ("installed" if importlib.util.find_spec("vllm") else "not installed: pip install 'selfguide[vllm]', GPU only") + ")")
     else:
         click.echo("backends: fake only; install torch for hf: pip install torch==2.13.0")
 
@@ -216,12 +217,19 @@ def export_data(out_dir: Optional[str], **opts: Any) -> None:
 def train(**opts: Any) -> None:
     """Stage 3: finetune the model on its synthetic pairs (LoRA or full). Runs stages 1-2 first if needed."""
     from selfguide.pipeline import synthesize
-    from selfguide.stages.train import run_train
+    from selfguide.stages.train import distributed, run_train
 
     ctx = _context(**opts)
-    synthesize(ctx)
-    ctx.close_backend()
+    rank, world = distributed()
+    if world == 1:
+        synthesize(ctx)
+        ctx.close_backend()
+    elif not (ctx.stage_dir("annotate") / "MANIFEST.json").exists():
+        raise SelfGuideError(f"{ctx.stage_dir('annotate')}: no synthetic pairs yet; run `selfguide annotate` (one process) "
+                             "before `accelerate launch -m selfguide train`")
     manifest = run_train(ctx)
+    if rank != 0:
+        return
     c = manifest["counts"]
     click.echo(f"trained on {c['trained_on']} pairs, {c['steps']} steps, loss {c['first_loss']} -> {c['final_loss']}")
     click.echo(f"model: {manifest['model_dir']}")
@@ -256,7 +264,7 @@ def evaluate(shots: str, finetuned: bool, **opts: Any) -> None:
     ident = resolve_model(ctx.cfg.model.name).identity()
     system = f"model-{ident['sha256'][:8]}-{shots}"
     manifest = run_evaluate(ctx, system, {"name": ident["name"], "sha256": ident["sha256"]},
-                            pipeline._hf_factory(ctx, ctx.cfg.model.name), shots=shots)
+                            pipeline._model_factory(ctx, ctx.cfg.model.name), shots=shots)
     res = manifest["results"]
     click.echo(f"{ident['name']} on {ctx.task.id} ({res['split']}, {res['n']} items, {shots}):")
     for metric, value in res["scores"].items():

@@ -83,21 +83,24 @@ class RunResult:
     report: Optional[Path] = None
 
 
-def _hf_factory(ctx: Context, model: str) -> Callable[[], Backend]:
-    """Lazily build (once) an hf backend for `model` with the run's dtype and batch size."""
+def _model_factory(ctx: Context, model: str) -> Callable[[], Backend]:
+    """Lazily build (once) a backend for `model` (base or finetuned) on the run's engine."""
     holder: dict[str, Backend] = {}
 
     def factory() -> Backend:
         if "b" not in holder:
-            from selfguide.backends import get_backend
+            from selfguide.backends import model_backend
 
-            m = ctx.cfg.model
-            holder["b"] = get_backend("hf", model=model, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads,
-                                      prefix_cache=m.prefix_cache)
+            holder["b"] = model_backend(ctx.cfg.model, model, eval_engine(ctx))
         return holder["b"]
 
     factory.holder = holder  # type: ignore[attr-defined]
     return factory
+
+
+def eval_engine(ctx: Context) -> str:
+    """Evaluation runs the real model on the run's engine (hf when synthesis was scripted)."""
+    return "hf" if ctx.engine() == "fake" else ctx.engine()
 
 
 def base_identity(ctx: Context) -> dict[str, Any]:
@@ -105,16 +108,18 @@ def base_identity(ctx: Context) -> dict[str, Any]:
 
     ident = resolve_model(ctx.cfg.model.name).identity()
     out = {"name": ident["name"], "sha256": ident["sha256"], "dtype": ctx.cfg.model.dtype}
+    if eval_engine(ctx) != "hf":  # other numerics; "hf" stays unnamed so earlier results remain valid
+        out["engine"] = eval_engine(ctx)
     if ctx.cfg.model.prefix_cache:
         out["prefix_cache"] = True
     return out
 
 
 def base_backend_factory(ctx: Context) -> Callable[[], Backend]:
-    """The base model on hf: the synthesis backend itself when that already is it, else loaded once."""
-    if ctx.cfg.model.backend == "hf" and ctx.backend_factory is None:
+    """The base model: the synthesis backend itself when it is the real model, else loaded once."""
+    if ctx.engine() != "fake" and ctx.backend_factory is None:
         return ctx.backend
-    return _hf_factory(ctx, ctx.cfg.model.name)
+    return _model_factory(ctx, ctx.cfg.model.name)
 
 
 def evaluate_baselines(ctx: Context) -> dict[str, Any]:
@@ -132,7 +137,9 @@ def evaluate_trained(ctx: Context, train_manifest: dict[str, Any], system: str =
     model_dir = train_manifest["model_dir"]
     ident = {"name": f"{system}:{ctx.task.id}", "train_finished_at": train_manifest["finished_at"], "dtype": ctx.cfg.model.dtype,
              "prefix_cache": ctx.cfg.model.prefix_cache}
-    factory = _hf_factory(ctx, model_dir)
+    if eval_engine(ctx) != "hf":
+        ident["engine"] = eval_engine(ctx)
+    factory = _model_factory(ctx, model_dir)
     try:
         return run_evaluate(ctx, system, ident, factory, shots="fewshot")
     finally:

@@ -106,7 +106,7 @@ def write_report(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any
     t = ctx.cfg.train
     header = [
         f"- task: `{ctx.task.id}` ({ctx.task.kind}, {len(ctx.task.examples)} examples; source `{ctx.task.source}`)",
-        f"- model: {model.get('name')} (sha256 `{str(model.get('sha256'))[:16]}`), generation backend {ctx.cfg.model.backend}, dtype {ctx.cfg.model.dtype}",
+        f"- model: {model.get('name')} (sha256 `{str(model.get('sha256'))[:16]}`), generation backend {ctx.engine()}, dtype {ctx.cfg.model.dtype}",
         f"- evaluation: split `{verdict['split']}`, {verdict['n_items']} items, greedy decoding; primary metric {METRIC_NAMES.get(verdict['metric'], verdict['metric'])}",
         f"- training: {t.method}, {t.epochs} epochs, seed {ctx.cfg.seed}; "
         f"{manifests['train']['counts']['trained_on']} synthetic pairs",

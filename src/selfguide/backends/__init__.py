@@ -13,15 +13,54 @@ from selfguide.errors import BackendUnavailable
 BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("selfguide.backends.hf:HFBackend", "pip install torch==2.13.0 transformers gguf"),
     "native": ("selfguide.backends.native:NativeBackend", "pip install torch==2.13.0 transformers gguf"),
+    "vllm": ("selfguide.backends.vllm:VLLMBackend", "pip install 'selfguide[vllm]'"),
     "fake": ("selfguide.backends.fake:FakeBackend", ""),
 }
 
 
+def resolve_backend(name: str, model: str, device: str = "auto") -> str:
+    """`auto` -> the fastest engine that runs this model here: native on CPU for Llama-family
+    models (docs/benchmarks/generation.md), else hf. Other names are returned as given."""
+    if name != "auto":
+        return name
+    if device == "cuda":
+        return "hf"
+    from selfguide.models import model_architecture
+
+    try:
+        arch = model_architecture(model)
+    except Exception:  # unreadable metadata: the loader will report it properly
+        return "hf"
+    if device == "auto" and _has_cuda():
+        return "hf"
+    return "native" if arch in ("llama", "mistral", "qwen2") else "hf"
+
+
+def _has_cuda() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def model_backend(m: Any, model: str, engine: str) -> Backend:
+    """A backend for `model` with the run's model settings (`m`: config.ModelConfig)."""
+    return get_backend(
+        engine, model=model, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads,
+        prefix_cache=m.prefix_cache, tensor_parallel_size=m.tensor_parallel_size, gpu_memory_utilization=m.gpu_memory_utilization,
+    )
+
+
 def get_backend(name: str, **kwargs: Any) -> Backend:
-    if name not in BACKENDS:
+    if name not in BACKENDS and name != "auto":
         close = difflib.get_close_matches(name, BACKENDS, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise BackendUnavailable(f"unknown backend '{name}'; {hint}available: {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = resolve_backend(name, kwargs.get("model", "embedded"), kwargs.get("device", "auto"))
     target, install = BACKENDS[name]
     module_name, cls_name = target.split(":")
     try:
@@ -31,4 +70,4 @@ def get_backend(name: str, **kwargs: Any) -> Backend:
     return getattr(module, cls_name)(**kwargs)
 
 
-__all__ = ["Backend", "BACKENDS", "get_backend"]
+__all__ = ["Backend", "BACKENDS", "get_backend", "model_backend", "resolve_backend"]

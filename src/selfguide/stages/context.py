@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from selfguide.backends import Backend, get_backend
+from selfguide.backends import Backend, model_backend, resolve_backend
 from selfguide.config import RunConfig
 from selfguide.models import resolve_model
 from selfguide.progress import Progress
@@ -32,6 +32,7 @@ class Context:
     progress: Progress = field(default_factory=Progress)
     train_callbacks: list[Any] = field(default_factory=list)  # extra transformers TrainerCallbacks
     _backend: Optional[Backend] = None
+    _engine: Optional[str] = None
     _model_identity: Optional[dict[str, Any]] = None
 
     @property
@@ -47,12 +48,14 @@ class Context:
             if self.backend_factory is not None:
                 self._backend = self.backend_factory()
             else:
-                m = self.cfg.model
-                self._backend = get_backend(
-                    m.backend, model=m.name, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads,
-                    prefix_cache=m.prefix_cache,
-                )
+                self._backend = model_backend(self.cfg.model, self.cfg.model.name, self.engine())
         return self._backend
+
+    def engine(self) -> str:
+        """The configured backend with `auto` resolved (recorded in every stage's identity)."""
+        if self._engine is None:
+            self._engine = resolve_backend(self.cfg.model.backend, self.cfg.model.name, self.cfg.model.device)
+        return self._engine
 
     def close_backend(self) -> None:
         """Free the generation model (before training needs the memory)."""
@@ -70,7 +73,7 @@ class Context:
             else:
                 ident = resolve_model(m.name).identity()
                 self._model_identity = {"name": ident["name"], "sha256": ident["sha256"]}
-            self._model_identity.update(backend=m.backend, dtype=m.dtype)
+            self._model_identity.update(backend=self.engine(), dtype=m.dtype)
             if m.prefix_cache:  # other numerics: results made without it are not reused
                 self._model_identity["prefix_cache"] = True
         return self._model_identity

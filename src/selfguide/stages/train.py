@@ -96,11 +96,38 @@ def _use_bf16(ctx: Context, device: str) -> bool:
     return cpu_has_native_bf16()
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch` / torchrun; (0, 1) in a plain process."""
+    import os
+
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _agree(value: Any) -> Any:
+    """Every process takes rank 0's value (rank 0 alone touches the stage folder)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -> dict[str, Any]:
-    """Finetune on `pairs_path` (default: the annotate stage's pairs) into the stage folder `name`."""
+    """Finetune on `pairs_path` (default: the annotate stage's pairs) into the stage folder `name`.
+
+    Under `accelerate launch` (data parallel, N processes) every process trains on its share of
+    each global batch; rank 0 alone writes the stage folder (checkpoints, metrics, model, manifest).
+    """
     pairs_path = pairs_path or ctx.stage_dir("annotate") / "pairs.jsonl"
     stage = make_stage(ctx, pairs_path, name)
-    state = stage.begin(ctx.force)
+    rank, world = distributed()
+    state = stage.begin(ctx.force) if rank == 0 else None
+    if world > 1:
+        state = _agree(state)
     if state == "done":
         log.info("%s[%s]: up to date, skipping (--force to redo)", name, ctx.task.id)
         return stage.manifest()  # type: ignore[return-value]
@@ -144,7 +171,7 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
 
     class LogToJsonl(TrainerCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs and "loss" in logs:
+            if logs and "loss" in logs and state.is_world_process_zero:
                 append_records(metrics_path, [{"step": state.global_step, "epoch": state.epoch, **logs}])
 
     args = TrainingArguments(
@@ -175,15 +202,19 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
 
         trainer.remove_callback(PrinterCallback)  # losses go to metrics.jsonl and the log, not raw dicts on stdout
         trainer.remove_callback(ProgressCallback)
-    checkpoints = complete_checkpoints(stage.dir / "checkpoints")
-    if checkpoints:
+    checkpoints = complete_checkpoints(stage.dir / "checkpoints") if rank == 0 else []
+    if world > 1:
+        checkpoints = [Path(p) for p in _agree([str(c) for c in checkpoints])]
+    if rank == 0 and checkpoints:
         log.info("train[%s]: resuming from %s", ctx.task.id, checkpoints[-1].name)
         _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[1]))
-    elif metrics_path.exists():
+    elif rank == 0 and metrics_path.exists():
         metrics_path.unlink()
     log.info("train[%s]: %s finetuning on %d pairs for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
              len(examples), t.epochs, learning_rate(ctx), args.bf16)
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    if rank != 0:
+        return {"rank": rank, "steps": trainer.state.global_step}
 
     model_dir = stage.dir / "model"
     tmp_dir = stage.dir / ".model.tmp"

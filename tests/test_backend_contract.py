@@ -1,0 +1,57 @@
+"""The generate() contract, for every backend this machine can run (vllm needs vllm + a CUDA GPU
+and skips otherwise): output shape, seeds, greedy copies, stop strings, end-of-turn never leaks."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from selfguide.backends import get_backend
+
+
+def _available(name: str) -> bool:
+    if name != "vllm":
+        return True
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module", params=["hf", "native", "vllm"])
+def backend(request, tiny_model):
+    if not _available(request.param):
+        pytest.skip(f"{request.param}: not available here (needs vllm and a CUDA GPU)")
+    b = get_backend(request.param, model=str(tiny_model), dtype="float32", batch_size=4)
+    yield b
+    b.close()
+
+
+PROMPTS = ["Premise: the cat", "Hypothesis: a much longer prompt about the liver and petals", "x"]
+
+
+def test_shape_and_seeds(backend):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    a = backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=8, seed=5)
+    assert [len(x) for x in a] == [3, 3, 3] and all(isinstance(t, str) for x in a for t in x)
+    assert a == backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=8, seed=5)
+    assert a != backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=8, seed=6)
+    greedy = backend.generate(rendered, n=2, max_new_tokens=6)
+    assert all(len(x) == 2 and x[0] == x[1] for x in greedy)
+    assert backend.generate([], max_new_tokens=4) == []
+
+
+def test_stops_and_end_tokens(backend):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    free = [x[0] for x in backend.generate(rendered, max_new_tokens=16)]
+    assert not any("<|im_end|>" in t or "<|endoftext|>" in t for t in free)
+    stops = tuple({t[1:3] for t in free if len(t) > 4})
+    for text in [x[0] for x in backend.generate(rendered, max_new_tokens=16, stop=stops)]:
+        assert not any(s in text for s in stops)
+
+
+def test_identity_names_the_engine(backend):
+    ident = backend.identity()
+    assert ident["sha256"] and ident["engine"] in ("transformers", "selfguide-native", "vllm")
