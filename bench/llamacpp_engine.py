@@ -5,13 +5,15 @@ sequence id per prompt (`n_seq_max` = batch, separate KV per sequence) and sampl
 the same temperature/top-k rule as the other engines. Token ids come from the HF tokenizer of the
 same model (same vocabulary), so every engine sees identical prompts. The GGUF is the embedded
 model's own Q4_1 file, as shipped. Build used (AMX off, see feasibility.md):
-CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF ..." pip install llama-cpp-python
+CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF
+-DLLAMA_BUILD_SERVER=OFF" pip install llama-cpp-python==0.3.36 diskcache   (this AMD EPYC has AVX-512 BF16,
+no AMX; the feasibility note's AMX-off flag set dies here with "illegal instruction")
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -57,25 +59,45 @@ class LlamaCppEngine:
         ptr = self.ll.llama_get_logits_ith(self.ctx, i)
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self.n_vocab,)).copy()
 
+    def _prefill(self, toks: list[int], start: int, seq: int) -> Optional[np.ndarray]:
+        """Encode toks at positions start.. into seq, n_batch at a time; logits after the last one."""
+        for c in range(0, len(toks), 512):
+            chunk = toks[c : c + 512]
+            last = c + len(chunk) == len(toks)
+            self._decode([(t, start + c + j, seq, last and j == len(chunk) - 1) for j, t in enumerate(chunk)])
+        return self._logits(len(toks) - 1 - (len(toks) - 1) // 512 * 512) if toks else None
+
     def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  max_new_tokens: int = 64, stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
+        """Like selfguide's engines: the prefix all prompts share is encoded once and copied to every
+        sequence (llama_memory_seq_cp); each prompt's own part once, copied to its n samples."""
+        from selfguide.backends.hf import shared_prefix_len
+
         rng = np.random.default_rng(seed)
         jobs = [p for p in range(len(prompts)) for _ in range(1 if temperature <= 0 else n)]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        P = shared_prefix_len(ids)
+        mem = self.ll.llama_get_memory(self.ctx)
         texts: list[str] = []
         for start in range(0, len(jobs), self.batch_size):
             group = jobs[start : start + self.batch_size]
-            self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
-            nxt, out, alive = [], [[] for _ in group], list(range(len(group)))
-            for s, p in enumerate(group):  # prefill, n_batch tokens at a time; logits of the last one
-                toks = ids[p]
-                for c in range(0, len(toks), 512):
-                    chunk = toks[c : c + 512]
-                    self._decode([(t, c + j, s, c + j == len(toks) - 1) for j, t in enumerate(chunk)])
-                nxt.append(self._sample(self._logits(len(toks) - 1 - (len(toks) - 1) // 512 * 512), temperature, top_k, rng))
+            self.ll.llama_memory_clear(mem, True)
+            leaders = {p: s for s, p in reversed(list(enumerate(group)))}  # first sequence of each prompt
+            if P:  # (with separate KV streams llama.cpp copies whole sequences only: copy before suffixes)
+                self._prefill(ids[group[0]][:P], 0, 0)
+                for s in leaders.values():
+                    if s != 0:
+                        self.ll.llama_memory_seq_cp(mem, 0, s, -1, -1)
+            out: list[list[int]] = [[] for _ in group]
+            first_logits: dict[int, np.ndarray] = {}
+            for s, p in enumerate(group):
+                if leaders[p] == s:
+                    first_logits[p] = self._prefill(ids[p][P:], P, s)
+                else:  # another sample of the same prompt: copy its encoded prompt
+                    self.ll.llama_memory_seq_cp(mem, leaders[p], s, -1, -1)
+                out[s].append(self._sample(first_logits[p], temperature, top_k, rng))
             pos = [len(ids[p]) for p in group]
-            for s in range(len(group)):
-                out[s].append(nxt[s])
+            alive = list(range(len(group)))
             for _ in range(max_new_tokens - 1):
                 alive = [s for s in alive if not self._done(out[s], max_new_tokens, stop)]
                 if not alive:

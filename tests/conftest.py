@@ -88,3 +88,21 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def lively_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with larger weights: varied greedy text (std 0.02 repeats one token), so
+    comparisons between engines can fail."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.35)
+    out = tmp_path_factory.mktemp("lively")
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(out)
+    return out

@@ -3,30 +3,10 @@ continuous batching, n samples from one encoded prompt) gives the hf backend's g
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from selfguide.backends import get_backend
 from selfguide.errors import BackendUnavailable
-
-
-@pytest.fixture(scope="module")
-def lively_model(tiny_model, tmp_path_factory) -> Path:
-    """The tiny model with larger weights: varied greedy text (std 0.02 repeats one token), so
-    comparisons between engines can fail."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.35)
-    out = tmp_path_factory.mktemp("lively")
-    model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(out)
-    return out
 
 
 def _task_prompts(backend, count=9):

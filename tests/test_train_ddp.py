@@ -19,17 +19,17 @@ def _run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_two_process_ddp_matches_one_process(tiny_model, tmp_path):
+def test_two_process_ddp_matches_one_process(lively_model, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, str(WORKER), str(tiny_model), str(one), "4"])
+    _run([sys.executable, str(WORKER), str(lively_model), str(one), "4"])
     _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-          str(WORKER), str(tiny_model), str(two), "2"])
+          str(WORKER), str(lively_model), str(two), "2"])
     task = "example-scitail"
     curves = [read_records(next(d.glob(f"*/{task}/train/metrics.jsonl"), None) or next(d.rglob("train/metrics.jsonl")))
               for d in (one, two)]
     a, b = ([r["loss"] for r in c] for c in curves)
     assert len(a) == len(b) == 8  # 16 pairs / global batch 4 x 2 epochs, each step logged once
-    assert a[-1] < a[0]  # it learns
+    assert a[-1] < a[0] - 0.5  # it learns (lr 0.01 on the lively model)
     for x, y in zip(a, b):
         assert abs(x - y) <= 2e-3 * max(1.0, abs(x)), (a, b)
     # rank 0 alone wrote the stage: one manifest, one merged model

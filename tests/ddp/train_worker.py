@@ -16,7 +16,7 @@ from selfguide.store import write_records  # noqa: E402
 model, run_dir, batch = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 ctx = pipeline.make_context(EXAMPLE, overrides=[
     f"model.name={model}", "model.backend=hf", f"run_dir={run_dir}", f"train.batch_size={batch}", "train.epochs=2",
-    "train.bf16=false", "train.lora_dropout=0", "train.learning_rate=0.001",
+    "train.bf16=false", "train.lora_dropout=0", "train.learning_rate=0.01",
 ])
 pairs = run_dir / "pairs.jsonl"
 if not pairs.exists():
