@@ -1,0 +1,93 @@
+"""One full `selfguide run` per backend on the same task, timed end to end, stage by stage.
+
+Run:  .venv/bin/python bench/end_to_end.py TASK_FILE [--backends native,hf] [--quick] [--set k=v ...]
+Writes docs/benchmarks/end-to-end.{md,json}. Each backend gets a fresh run name
+(e2e-<backend>[-quick]) so nothing is reused between them, runs in its own process (peak RSS),
+and nothing else may run meanwhile (2 cores). Stage seconds come from the stages' manifests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("generate", "annotate", "evaluate/prompt-fewshot", "evaluate/prompt-zeroshot", "train", "evaluate/selfguide")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("task")
+    ap.add_argument("--backends", default="native,hf")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--run-dir", default=str(ROOT / "runs"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "end-to-end"))
+    args = ap.parse_args()
+    selfguide = str(Path(sys.executable).with_name("selfguide"))
+    rows = {}
+    for backend in args.backends.split(","):
+        name = f"e2e-{backend}" + ("-quick" if args.quick else "")
+        shutil.rmtree(Path(args.run_dir) / name, ignore_errors=True)
+        cmd = [selfguide, "run", args.task, "--backend", backend, "--name", name, "--run-dir", args.run_dir]
+        cmd += ["--quick"] if args.quick else []
+        for o in args.overrides:
+            cmd += ["--set", o]
+        print("$", " ".join(cmd), flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env={**os.environ, "CI": "1"})
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            sys.exit(f"{backend}: selfguide run failed (exit {proc.returncode})")
+        task_dir = next((Path(args.run_dir) / name).iterdir())
+        stages = {}
+        for stage in STAGES:
+            m = task_dir / stage / "MANIFEST.json"
+            if m.exists():
+                stages[stage] = round(json.loads(m.read_text())["seconds"], 1)
+        verdict = json.loads((task_dir / "verdict.json").read_text())
+        rows[backend] = {"wall_s": round(wall, 1), "stages": stages, "verdict": verdict.get("sentence", ""),
+                         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)}
+        print(backend, rows[backend], flush=True)
+    write(args, rows)
+
+
+def write(args: argparse.Namespace, rows: dict) -> None:
+    import torch
+    import transformers
+
+    out = Path(args.out)
+    meta = {"command": "python bench/end_to_end.py " + " ".join(sys.argv[1:]), "task": Path(args.task).name,
+            "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU",
+            "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    names = list(rows)
+    lines = ["# End to end: one `selfguide run` per backend", "", f"Command: `{meta['command']}`", "",
+             f"- task: {meta['task']}; settings: {'the --quick preset' if args.quick else 'the paper settings (defaults)'}"
+             + (f", overrides {args.overrides}" if args.overrides else ""),
+             f"- machine: {meta['machine']}; {meta['versions']}",
+             "- every stage runs from scratch for each backend (fresh run name); stage seconds from the manifests", "",
+             "| stage | " + " | ".join(f"{b} s" for b in names) + (" | ratio |" if len(names) == 2 else " |"),
+             "|---|" + "---:|" * len(names) + ("---:|" if len(names) == 2 else "")]
+    for stage in STAGES:
+        vals = [rows[b]["stages"].get(stage) for b in names]
+        ratio = f" {vals[1] / vals[0]:.2f}x |" if len(names) == 2 and all(vals) else (" - |" if len(names) == 2 else "")
+        lines.append(f"| {stage} | " + " | ".join(str(v) if v is not None else "-" for v in vals) + " |" + ratio)
+    walls = [rows[b]["wall_s"] for b in names]
+    ratio = f" **{walls[1] / walls[0]:.2f}x** |" if len(names) == 2 else ""
+    lines.append("| **whole run (wall clock, incl. model loading)** | " + " | ".join(f"**{w}**" for w in walls) + " |" + ratio)
+    lines += [""] + [f"- {b}: {rows[b]['verdict']} (peak RSS of the runs so far: {rows[b]['peak_rss_gb']} GB)" for b in names] + [""]
+    out.with_suffix(".md").write_text("\n".join(lines))
+    print(f"wrote {out}.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
