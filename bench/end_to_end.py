@@ -31,11 +31,14 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--run-dir", default=str(ROOT / "runs"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "end-to-end"))
+    ap.add_argument("--label", default=None, help="row name (default: the backend); rows of earlier runs in --out are kept")
     args = ap.parse_args()
     selfguide = str(Path(sys.executable).with_name("selfguide"))
-    rows = {}
+    saved = Path(args.out).with_suffix(".json")
+    rows = json.loads(saved.read_text())["runs"] if saved.exists() else {}
     for backend in args.backends.split(","):
-        name = f"e2e-{backend}" + ("-quick" if args.quick else "")
+        label = args.label or backend
+        name = f"e2e-{label}" + ("-quick" if args.quick else "")
         shutil.rmtree(Path(args.run_dir) / name, ignore_errors=True)
         cmd = [selfguide, "run", args.task, "--backend", backend, "--name", name, "--run-dir", args.run_dir]
         cmd += ["--quick"] if args.quick else []
@@ -54,9 +57,9 @@ def main() -> None:
             if m.exists():
                 stages[stage] = round(json.loads(m.read_text())["seconds"], 1)
         verdict = json.loads((task_dir / "verdict.json").read_text())
-        rows[backend] = {"wall_s": round(wall, 1), "stages": stages, "verdict": verdict.get("sentence", ""),
-                         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)}
-        print(backend, rows[backend], flush=True)
+        rows[label] = {"wall_s": round(wall, 1), "stages": stages, "verdict": verdict.get("sentence", ""), "backend": backend,
+                       "overrides": args.overrides, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)}
+        print(label, rows[label], flush=True)
     write(args, rows)
 
 
@@ -75,16 +78,18 @@ def write(args: argparse.Namespace, rows: dict) -> None:
              + (f", overrides {args.overrides}" if args.overrides else ""),
              f"- machine: {meta['machine']}; {meta['versions']}",
              "- every stage runs from scratch for each backend (fresh run name); stage seconds from the manifests", "",
-             "| stage | " + " | ".join(f"{b} s" for b in names) + (" | ratio |" if len(names) == 2 else " |"),
-             "|---|" + "---:|" * len(names) + ("---:|" if len(names) == 2 else "")]
+             "Columns: seconds per stage; in brackets, that run's time / the first run's time.", "",
+             "| stage | " + " | ".join(f"{b} s" for b in names) + " |",
+             "|---|" + "---:|" * len(names)]
     for stage in STAGES:
         vals = [rows[b]["stages"].get(stage) for b in names]
-        ratio = f" {vals[1] / vals[0]:.2f}x |" if len(names) == 2 and all(vals) else (" - |" if len(names) == 2 else "")
-        lines.append(f"| {stage} | " + " | ".join(str(v) if v is not None else "-" for v in vals) + " |" + ratio)
+        cells = [("-" if v is None else f"{v}" + (f" ({v / vals[0]:.2f}x)" if i and vals[0] else "")) for i, v in enumerate(vals)]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     walls = [rows[b]["wall_s"] for b in names]
-    ratio = f" **{walls[1] / walls[0]:.2f}x** |" if len(names) == 2 else ""
-    lines.append("| **whole run (wall clock, incl. model loading)** | " + " | ".join(f"**{w}**" for w in walls) + " |" + ratio)
-    lines += [""] + [f"- {b}: {rows[b]['verdict']} (peak RSS of the runs so far: {rows[b]['peak_rss_gb']} GB)" for b in names] + [""]
+    cells = [f"**{w}**" + (f" **({w / walls[0]:.2f}x)**" if i else "") for i, w in enumerate(walls)]
+    lines.append("| **whole run (wall clock, incl. model loading)** | " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {b} (`--backend {rows[b].get('backend', b)}`{' ' + ' '.join('--set ' + o for o in rows[b].get('overrides', [])) if rows[b].get('overrides') else ''}): "
+                     f"{rows[b]['verdict']}" for b in names] + [""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {out}.md")
 

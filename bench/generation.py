@@ -63,8 +63,8 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
-    """Every measurement for one engine, in this process."""
+def stage_prompts():
+    """The benchmark's prompts (deterministic): 32 input-generation prompts, 48 task prompts."""
     from selfguide import prompts
     from selfguide.backends import hf_model
     from selfguide.models import resolve_model
@@ -76,8 +76,24 @@ def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
     pool = [e.input for e in task.examples]
     gen_msgs = [prompts.sample_generation_prompt(task, pool, rng, 10, True)[0] for _ in range(32)]
     gen_prompts = [hf_model.render_prompt(tok, m, prompts.INPUT_PREFILL) for m in gen_msgs]
-    items = task.split_items("test")
-    task_prompts = [hf_model.render_prompt(tok, prompts.task_messages(task, it.input)) for it in items[:48]]
+    task_prompts = [hf_model.render_prompt(tok, prompts.task_messages(task, it.input)) for it in task.split_items("test")[:48]]
+    return tok, gen_prompts, task_prompts
+
+
+def distinct_tokens(tok, batch: list[str]) -> int:
+    """Prompt tokens an engine must encode at least: the shared prefix once, each prompt's rest once."""
+    from selfguide.backends.hf import shared_prefix_len
+
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in batch]
+    shared = shared_prefix_len(ids)
+    return shared + sum(len(x) - shared for x in ids)
+
+
+def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
+    """Every measurement for one engine, in this process."""
+    from selfguide import prompts
+
+    tok, gen_prompts, task_prompts = stage_prompts()
     count = lambda ps: sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in ps)  # noqa: E731
 
     eng = build(engine, max(batches + [32]))
@@ -113,6 +129,13 @@ def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
     return res
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def matmul_roof() -> dict:
     """Best GFLOP/s of a large square matmul with torch, bf16 and fp32, all cores."""
     import torch
@@ -145,6 +168,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "generation"))
+    ap.add_argument("--render", action="store_true", help="re-write the .md/.png from the saved .json (no measuring)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -158,6 +182,18 @@ def main() -> None:
     from selfguide.backends.hf_model import cpu_has_native_bf16
 
     torch.set_num_threads(os.cpu_count() or 1)
+    out = Path(args.out)
+    if args.render:
+        saved = json.loads(out.with_suffix(".json").read_text())
+        meta, results = saved["meta"], saved["engines"]
+        layer_flops, head_flops = model_flops()
+        tok, gen_prompts, task_prompts = stage_prompts()
+        distinct = {"generate": distinct_tokens(tok, gen_prompts), "annotate": distinct_tokens(tok, task_prompts[:16])}
+        analysis = summarise(results, meta["matmul_roof_gflops"]["bfloat16"], layer_flops, head_flops, args.new_tokens, distinct)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
+        plot(results, out.with_suffix(".png"))
+        out.with_suffix(".md").write_text(render(meta, results, analysis, args.new_tokens))
+        return
     roof = matmul_roof()
     print("matmul roof GFLOP/s", roof, flush=True)
     results = {}
@@ -169,6 +205,8 @@ def main() -> None:
                 continue
             results[engine] = json.loads(Path(f.name).read_text())
     layer_flops, head_flops = model_flops()
+    tok, gen_prompts, task_prompts = stage_prompts()
+    distinct = {"generate": distinct_tokens(tok, gen_prompts), "annotate": distinct_tokens(tok, task_prompts[:16])}
     try:
         import llama_cpp
 
@@ -177,15 +215,14 @@ def main() -> None:
         llama_version = "not installed"
     meta = {
         "command": "python bench/generation.py " + " ".join(sys.argv[1:]),
-        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), native bf16 (AVX512-BF16/AMX): "
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}), native bf16 (AVX512-BF16/AMX): "
                    f"{'yes' if cpu_has_native_bf16() else 'no'}, no GPU",
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
                     f"llama-cpp-python {llama_version}",
         "task": task_file().name,
         "matmul_roof_gflops": roof,
     }
-    analysis = summarise(results, roof["bfloat16"], layer_flops, head_flops, args.new_tokens)
-    out = Path(args.out)
+    analysis = summarise(results, roof["bfloat16"], layer_flops, head_flops, args.new_tokens, distinct)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
     plot(results, out.with_suffix(".png"))
@@ -193,7 +230,7 @@ def main() -> None:
     print(f"wrote {out}.md/.json/.png")
 
 
-def summarise(results: dict, roof: float, layer_flops: float, head_flops: float, new_tokens: int) -> dict:
+def summarise(results: dict, roof: float, layer_flops: float, head_flops: float, new_tokens: int, distinct: dict) -> dict:
     """Per stage: native vs the transformers baseline, vs the best other engine, vs the matmul roof."""
     out = {}
     stages = {
@@ -204,8 +241,8 @@ def summarise(results: dict, roof: float, layer_flops: float, head_flops: float,
         "evaluate stage call (greedy)": lambda r: r["stage_calls"]["evaluate"],
     }
     work = {  # FLOPs every engine must do at least: each distinct prompt token once, each generated token
-        "generate (32 prompts, 64 tokens, T=1.0)": lambda r: r["prefill"]["prompt_tokens"] * layer_flops + 32 * new_tokens * (layer_flops + head_flops),
-        "annotate (16 inputs x n=10, 8 tokens, T=0.2)": lambda r: r["annotate_forced"]["prompt_tokens"] * layer_flops + 160 * 8 * (layer_flops + head_flops),
+        "generate (32 prompts, 64 tokens, T=1.0)": lambda r: distinct["generate"] * layer_flops + 32 * new_tokens * (layer_flops + head_flops),
+        "annotate (16 inputs x n=10, 8 tokens, T=0.2)": lambda r: distinct["annotate"] * layer_flops + 160 * 8 * (layer_flops + head_flops),
     }
     if "native" not in results:
         return out
