@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "generation"))
+    ap.add_argument("--merge", action="store_true", help="keep the saved results of engines not measured now (same machine)")
     ap.add_argument("--render", action="store_true", help="re-write the .md/.png from the saved .json (no measuring)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
@@ -197,6 +198,9 @@ def main() -> None:
     roof = matmul_roof()
     print("matmul roof GFLOP/s", roof, flush=True)
     results = {}
+    if args.merge and out.with_suffix(".json").exists():
+        results = json.loads(out.with_suffix(".json").read_text())["engines"]
+        print("kept from the saved run:", ", ".join(e for e in results if e not in args.engines.split(",")))
     for engine in args.engines.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             cmd = [sys.executable, __file__, "--worker", engine, "--json", f.name, "--batches", args.batches, "--new-tokens", str(args.new_tokens)]
@@ -214,7 +218,7 @@ def main() -> None:
     except ImportError:
         llama_version = "not installed"
     meta = {
-        "command": "python bench/generation.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/generation.py " + " ".join(sys.argv[1:]) + (" (other engines: the saved run)" if args.merge else ""),
         "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}), native bf16 (AVX512-BF16/AMX): "
                    f"{'yes' if cpu_has_native_bf16() else 'no'}, no GPU",
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "

@@ -28,13 +28,16 @@ def test_decoder_matches_transformers_logits(lively_model):
     with torch.inference_mode():
         ref = model(ids).logits[0].float()
         for prefix_len in (0, 20):
-            prefix = dec.prefill(ids[0, :prefix_len].tolist(), None, 0)[0] if prefix_len else None
-            kv, last = dec.prefill(ids[0, prefix_len:30].tolist(), prefix, prefix_len)
-            assert torch.allclose(last, ref[29], atol=1e-4)
+            prefix = [(k[0], v[0]) for k, v in dec.prefill([ids[0, :prefix_len].tolist()], None, 0)[0]] if prefix_len else None
+            # three sequences of different lengths encoded in one padded batch
+            ends = (30, 25, 33)
+            kv, last = dec.prefill([ids[0, prefix_len:e].tolist() for e in ends], prefix, prefix_len)
+            for row, e in enumerate(ends):
+                assert torch.allclose(last[row], ref[e - 1], atol=1e-4)
             cache = [(torch.zeros(2, dec.n_kv, 40, dec.head_dim), torch.zeros(2, dec.n_kv, 40, dec.head_dim)) for _ in dec.layers]
             own = 30 - prefix_len
             for (K, V), (k, v) in zip(cache, kv):
-                K[:, :, :own], V[:, :, :own] = k, v  # two slots holding the same sequence
+                K[:, :, :own], V[:, :, :own] = k[0, :, :own], v[0, :, :own]  # two slots holding the same sequence
             lens = torch.tensor([own, own])
             for t in range(30, 39):
                 logits = dec.decode(ids[0, t].repeat(2), lens, prefix, prefix_len, cache)

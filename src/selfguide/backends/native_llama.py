@@ -136,29 +136,33 @@ class LlamaDecoder:
 
     # -- passes ------------------------------------------------------------------------------
 
-    def prefill(self, ids: list[int], prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]], start: int):
-        """Encode one token sequence that follows `prefix` (positions start..). Returns its per-layer
-        KV [n_kv, T, d] and the logits after its last token."""
-        T = len(ids)
+    def prefill(self, seqs: list[list[int]], prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]], start: int):
+        """Encode token sequences that each follow `prefix` (positions start..), in one batch
+        (right-padded: causality already hides the padding from every real token). Returns per
+        layer K/V [B, n_kv, T, d] (row b valid up to len(seqs[b])) and the logits after each
+        sequence's last token [B, vocab]."""
+        B, T = len(seqs), max(len(s) for s in seqs)
         self.rope_table(start + T + 1)
-        tokens = torch.tensor([ids], device=self.embed.device)
-        pos = torch.arange(start, start + T, device=self.embed.device)[None]
+        dev = self.embed.device
+        tokens = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)
+        pos = torch.arange(start, start + T, device=dev)[None].expand(B, T)
         x = F.embedding(tokens, self.embed)
         # Additive mask over [prefix | own tokens]: the prefix is fully visible, own tokens causally.
-        mask = torch.full((T, start + T), float("-inf"), device=x.device).triu(start + 1).to(self.dtype)
+        mask = torch.full((T, start + T), float("-inf"), device=dev).triu(start + 1).to(self.dtype)
         kv = []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, pos)
-            kv.append((k[0], v[0]))
+            kv.append((k, v))
             if prefix is not None:
-                k = torch.cat([prefix[i][0][None], k], 2)
-                v = torch.cat([prefix[i][1][None], v], 2)
+                k = torch.cat([prefix[i][0][None].expand(B, -1, -1, -1), k], 2)
+                v = torch.cat([prefix[i][1][None].expand(B, -1, -1, -1), v], 2)
             # torch's fused CPU attention with an additive mask: ~1.4x the manual softmax(QK^T)V here
             attn = F.scaled_dot_product_attention(
                 q, k.repeat_interleave(self.groups, 1), v.repeat_interleave(self.groups, 1), attn_mask=mask, scale=self.scale
             )
             x = self._finish_layer(layer, x, attn)
-        return kv, self.logits(x[:, -1])[0]
+        last = torch.tensor([len(s) - 1 for s in seqs], device=dev)
+        return kv, self.logits(x[torch.arange(B, device=dev), last])
 
     def decode(
         self,
