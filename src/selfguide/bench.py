@@ -148,7 +148,8 @@ def run_bench(
             ctx = Context(cfg, spec, backend_factory=backend_factory, progress=progress)
             log.info("bench: %s (%s)", spec.id, spec.kind)
             rows.append(run_task(ctx, methods))
-            write_results(out, rows, pending, cfg, model, methods)
+            later = [{"task": s.id, "reason": "not run yet (re-run the same command to continue)"} for s in specs[len(rows) + len(pending):]]
+            write_results(out, rows, pending + later, cfg, model, methods)
             bar.advance()
     return write_results(out, rows, pending, cfg, model, methods)
 
