@@ -55,3 +55,22 @@ def test_stops_and_end_tokens(backend):
 def test_identity_names_the_engine(backend):
     ident = backend.identity()
     assert ident["sha256"] and ident["engine"] in ("transformers", "selfguide-native", "vllm")
+
+
+def test_vllm_sampling_params_follow_the_contract():
+    from selfguide.backends.vllm import sampling_params
+
+    greedy = sampling_params(10, 0.0, 40, 0.9, 8, ("\n",), [2, 7], 11)
+    assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and greedy["top_k"] == -1 and greedy["top_p"] == 1.0
+    sampled = sampling_params(10, 0.2, 10, 1.0, 8, (), [2], 12)
+    assert sampled == {"n": 10, "temperature": 0.2, "top_k": 10, "top_p": 1.0, "max_tokens": 8, "stop": None,
+                       "stop_token_ids": [2], "skip_special_tokens": True, "seed": 12}
+
+
+def test_vllm_without_vllm_or_gpu_is_one_clear_error(tiny_model):
+    from selfguide.errors import BackendUnavailable
+
+    if _available("vllm"):
+        pytest.skip("vllm and a GPU are here")
+    with pytest.raises(BackendUnavailable, match="vllm"):
+        get_backend("vllm", model=str(tiny_model))
