@@ -12,69 +12,35 @@ rounding (tested in float32).
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import Any, Optional, Sequence
 
 from selfguide.backends import hf_model
 from selfguide.backends.base import cut_at_stop
-from selfguide.backends.hf import shared_prefix_len
+from selfguide.backends.hf import HFBackend, shared_prefix_len
 from selfguide.errors import BackendError
 from selfguide.models import ModelRef, resolve_model
 
-log = logging.getLogger(__name__)
 
+class NativeBackend(HFBackend):
+    """Loads like the hf backend (same tokenizer, template, end ids, dtype); decodes with LlamaDecoder."""
 
-class NativeBackend:
     name = "native"
     ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence (vLLM's ignore_eos)
 
-    def __init__(
-        self,
-        model: str = "embedded",
-        dtype: str = "auto",
-        batch_size: int = 32,
-        device: str = "auto",
-        threads: int = 0,
-        prefix_cache: bool = True,
-        model_ref: Optional[ModelRef] = None,
-        **_: Any,
-    ):
-        import torch
-
+    def __init__(self, model: str = "embedded", model_ref: Optional[ModelRef] = None, **kwargs: Any):
         from selfguide.backends.native_llama import LlamaDecoder, check_supported
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.ref = model_ref or resolve_model(model)
-        self.device = hf_model.pick_device(device)
-        self.dtype = hf_model.pick_dtype(dtype, self.device)
-        self.batch_size = batch_size
-        self.prefix_cache = prefix_cache
-        path = hf_model.materialize(self.ref)
-        check_supported(hf_model.load_config(path))
-        self.tokenizer = hf_model.load_tokenizer(path)
-        self.model = hf_model.load_model(path, self.dtype, self.device)
+        ref = model_ref or resolve_model(model)
+        check_supported(hf_model.load_config(hf_model.materialize(ref)))  # before loading any weights
+        super().__init__(model=model, model_ref=ref, **kwargs)
         self.decoder = LlamaDecoder(self.model)
-        self.end_ids = set(hf_model.end_token_ids(self.tokenizer, self.model))
-        self._identity = {**self.ref.identity(), "engine": "selfguide-native", "dtype": str(self.dtype).replace("torch.", "")}
-
-    # -- contract -------------------------------------------------------------------------
-
-    def identity(self) -> dict[str, Any]:
-        return dict(self._identity)
-
-    def render(self, messages: Sequence[dict[str, str]], prefill: str = "") -> str:
-        return hf_model.render_prompt(self.tokenizer, messages, prefill)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        self.end_ids = set(self.end_ids)
+        self._identity["engine"] = "selfguide-native"
 
     def close(self) -> None:
-        import gc
-
-        self.model = self.decoder = None
-        gc.collect()
+        self.decoder = None
+        super().close()
 
     def generate(
         self,
