@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from selfguide.filters import DedupIndex, LengthWindow, check_input, check_output, length_window, noise_check
+from selfguide.filters import DedupIndex, LengthWindow, check_input, check_output, has_placeholder, length_window, noise_check
 from selfguide.labels import balance_classes, majority_vote, map_to_label
 from selfguide.prompts import parse_generated_input
 
@@ -103,3 +103,13 @@ def test_balance_classes():
     single = [{"output": "a"}] * 3
     assert balance_classes(single, "output", "downsample", 2.0, 0) == (single, [])
     assert balance_classes(items, "output", "downsample", 2.0, seed=1) == balance_classes(items, "output", "downsample", 2.0, seed=1)
+
+
+def test_placeholder_filter_is_opt_in_and_runs_after_noise():
+    d = DedupIndex(None)
+    assert has_placeholder("Does this [n]ger breed live long?") and has_placeholder("fell[insert_text] at noon")
+    assert not has_placeholder("a [ b") and not has_placeholder("[" + "x" * 30 + "]")
+    assert check_input("Does this [n]ger breed live long?", None, (), d) is None  # off by default
+    assert check_input("Does this [n]ger breed live long?", None, (), d, placeholder_filter=True) == "placeholder"
+    assert check_input("[input] again", None, (), d, placeholder_filter=True) == "noise:[input]"
+    assert check_input("Does this dog breed live long?", None, (), d, placeholder_filter=True) is None

@@ -8,6 +8,7 @@ import json
 import random
 
 import pytest
+import yaml
 
 from conftest import EXAMPLE, NIV2
 from selfguide.backends.fake import FakeBackend
@@ -188,3 +189,30 @@ def test_changed_sampling_setting_redraws_samples(run_dir):
     fb = FakeBackend()
     synthesize(ctx_for(run_dir, backend=fb, overrides=["annotate.n=5"], force=True))
     assert fb.calls and all(call["n"] == 5 for call in fb.calls)
+
+
+def bracket_script(prompt, i, seed):
+    r = random.Random(seed)
+    if "InputGenerator" in prompt:
+        word = r.choice(["cat", "dog", "river", "storm", "lamp", "song", "tree", "boat"])
+        return f'The {word} [n]was {r.randrange(10**6)} here."' if r.random() < 0.5 else f'The {word} was {r.randrange(10**6)} here."'
+    return "entails"
+
+
+def test_placeholder_filter(run_dir, tmp_path):
+    plain = synthesize(ctx_for(run_dir, backend=FakeBackend(script=bracket_script), overrides=["generate.length_filter=false"]))
+    assert "placeholder" not in plain["generate"]["counts"]["rejected"]
+    assert "placeholder_filter" not in plain["generate"]["config"]["generate"]  # off = identity of older runs
+    on = ctx_for(tmp_path / "on", backend=FakeBackend(script=bracket_script), overrides=["generate.placeholder_filter=true", "generate.length_filter=false"])
+    g = synthesize(on)["generate"]
+    assert g["counts"]["rejected"]["placeholder"] > 0 and g["config"]["resolved"]["placeholder_filter"] is True
+    kept = [r["input"] for r in read_records(on.task_dir / "generate" / "inputs.jsonl")]
+    assert kept and not any("[n]" in k for k in kept)
+    # a task whose own examples have bracketed slots keeps them
+    task = yaml.safe_load(EXAMPLE.read_text())
+    task["examples"][0]["input"] = "The [n] marks a new line. " + task["examples"][0]["input"]
+    bracketed = tmp_path / "bracketed.json"
+    bracketed.write_text(json.dumps(task))
+    g2 = synthesize(ctx_for(tmp_path / "b", backend=FakeBackend(script=bracket_script), task=bracketed,
+                            overrides=["generate.placeholder_filter=true", "generate.length_filter=false"]))["generate"]
+    assert "placeholder" not in g2["counts"]["rejected"] and "placeholder_filter" not in g2["config"]["resolved"]

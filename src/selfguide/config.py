@@ -45,6 +45,7 @@ class GenerateConfig:
     length_filter: bool = True  # keep inputs within mu +/- 2 sigma chars of the example inputs
     near_duplicate_threshold: Optional[float] = 0.85  # char 5-gram Jaccard; null disables
     noise_terms: tuple[str, ...] = ()  # extra per-task noise terms (added to the defaults)
+    placeholder_filter: bool = False  # reject inputs with bracketed slots like "[n]" (off for tasks whose examples have them)
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,17 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{f.name}"] = value
     return out
+
+
+# Settings added after results were published, at the value that reproduces the older behaviour.
+# At that value they are left out of stage identities, so adding a setting never makes old results stale;
+# any other value is part of the identity as usual.
+IDENTITY_NEUTRAL: dict[str, Any] = {"placeholder_filter": False}
+
+
+def identity_dict(section: Any) -> dict[str, Any]:
+    """`to_dict` of a config section for a stage identity, without settings at their neutral value."""
+    return {k: v for k, v in to_dict(section).items() if k not in IDENTITY_NEUTRAL or v != IDENTITY_NEUTRAL[k]}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Rule filters for generated inputs and annotated outputs (pure functions).
 
 Each check returns a rejection reason (`empty`, `too_short`, `too_long`, `noise:<term>`,
-`duplicate`, `near_duplicate`) or None. Reasons are data: the stages keep every rejected item.
+`placeholder`, `duplicate`, `near_duplicate`) or None. Reasons are data: the stages keep every rejected item.
 """
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ BOILERPLATE_PHRASES = (
 # and a blank line as noise terms, which also drops legitimate texts; we cut completions at
 # markers when parsing instead and only reject what is still left.
 MARKER_TERMS = ("[input]", "[output]", "[instruction]", "InputGenerator", "<|im_start|>", "<|im_end|>", "\\_\\_")
+# A bracketed slot such as `[n]`, `[car]` or `[insert_text]`. The input-generation prompt marks its
+# fields as `[input]`, `[instruction]`; small models copy the style into the inputs they write, and
+# once such an input is accepted it is shown to later rounds and spreads (docs/benchmarks/analysis.md §6).
+PLACEHOLDER = re.compile(r"\[[^\[\]\n]{1,24}\]")
+
+
+def has_placeholder(text: str) -> bool:
+    return PLACEHOLDER.search(text) is not None
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,14 @@ def check_input(
     window: Optional[LengthWindow],
     extra_noise: Iterable[str],
     dedup: DedupIndex,
+    placeholder_filter: bool = False,
 ) -> Optional[str]:
-    """The input filters in the authors' order: empty, length, noise, then duplicate."""
-    return check_output(text, window, extra_noise) or dedup.check(text)
+    """The input filters in the authors' order: empty, length, noise, then duplicate.
+
+    With `placeholder_filter`, a bracketed slot (`[n]`) after the noise check is rejected as
+    `placeholder`; callers turn it off for tasks whose own example inputs contain brackets.
+    """
+    reason = check_output(text, window, extra_noise)
+    if reason is None and placeholder_filter and has_placeholder(text):
+        reason = "placeholder"
+    return reason or dedup.check(text)

@@ -157,7 +157,7 @@ class HFBackend:
         if greedy:
             kwargs.update(temperature=None, top_k=None, top_p=None)
         else:
-            kwargs.update(temperature=temperature, top_k=top_k or None, top_p=top_p)
+            kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)  # 0 = off (None would mean HF's 50)
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         torch.manual_seed(seed)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from selfguide import prompts
-from selfguide.config import to_dict
-from selfguide.filters import DedupIndex, LengthWindow, check_input, length_window
+from selfguide.config import identity_dict
+from selfguide.filters import DedupIndex, LengthWindow, check_input, has_placeholder, length_window
 from selfguide.stages.context import Context, derive_seed
 from selfguide.store import Stage, append_records, read_records, write_records
 
@@ -42,6 +42,7 @@ class GenerateSettings:
     window: Optional[LengthWindow]
     near_duplicate_threshold: Optional[float]
     noise_terms: tuple[str, ...]
+    placeholder_filter: bool
 
 
 def resolve_settings(ctx: Context) -> GenerateSettings:
@@ -65,6 +66,7 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         window=window,
         near_duplicate_threshold=g.near_duplicate_threshold,
         noise_terms=tuple(task.noise_terms) + tuple(g.noise_terms),
+        placeholder_filter=g.placeholder_filter and not any(has_placeholder(e.input) for e in task.examples),
     )
 
 
@@ -72,12 +74,14 @@ def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
     d = {k: getattr(s, k) for k in s.__dataclass_fields__}
     d["window"] = [s.window.low, s.window.high] if s.window else None
     d["noise_terms"] = list(s.noise_terms)
+    if not s.placeholder_filter:
+        del d["placeholder_filter"]  # identity-neutral (config.IDENTITY_NEUTRAL)
     return d
 
 
 def make_stage(ctx: Context) -> Stage:
     settings = resolve_settings(ctx)
-    config = {"seed": ctx.cfg.seed, "generate": to_dict(ctx.cfg.generate), "resolved": _settings_dict(settings)}
+    config = {"seed": ctx.cfg.seed, "generate": identity_dict(ctx.cfg.generate), "resolved": _settings_dict(settings)}
     inputs = {"task": ctx.task.fingerprint(), "model": ctx.model_identity()}
     return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs)
 
@@ -142,7 +146,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
             for i, ((_, label), samples) in enumerate(zip(drafts, outs)):
                 raw = samples[0]
                 text = prompts.parse_generated_input(raw)
-                reason = check_input(text, s.window, s.noise_terms, dedup)
+                reason = check_input(text, s.window, s.noise_terms, dedup, s.placeholder_filter)
                 rec = {
                     "id": f"{task.id}:g:r{rnd:04d}:{i:03d}", "round": rnd, "index": i, "input": text, "raw": raw,
                     "target_label": label, "status": "rejected" if reason else "kept", "reason": reason,
