@@ -56,6 +56,9 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
     md = out.with_suffix(".md").read_text()
     assert "| scitail | classification |" in md and "Averages per kind" in md and out.with_suffix(".png").exists()
     assert data["tasks"][0]["icl_shots"] >= 4
+    # an arm of a comparison says what it changed
+    assert data["changed_from_defaults"]["annotate.n"] == 2 and "run_dir" not in data["changed_from_defaults"]
+    assert "- changed from the defaults: " in md and "annotate.n=2" in md
 
 
 def test_bench_pending_task_without_instances(tmp_path, tiny_model):

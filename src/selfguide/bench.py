@@ -165,6 +165,14 @@ def run_bench(
     return write_results(out, rows, pending, cfg, model, methods)
 
 
+def changed_settings(cfg: RunConfig) -> dict[str, Any]:
+    """Every setting that differs from the defaults (run name and folder aside): an arm of a comparison says what it changed."""
+    from selfguide.config import flatten
+
+    default = flatten(RunConfig())
+    return {k: v for k, v in flatten(cfg).items() if k not in ("name", "run_dir") and v != default[k]}
+
+
 def _mean(values: list[float]) -> Optional[float]:
     return round(sum(values) / len(values), 2) if values else None
 
@@ -190,6 +198,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str,
         "annotate.n": cfg.annotate.n, "annotate.label_source": cfg.annotate.label_source, "train.method": cfg.train.method,
         "train.epochs": cfg.train.epochs, "evaluate.max_items": cfg.evaluate.max_items, "model.backend": cfg.model.backend,
         "model.dtype": cfg.model.dtype},
+        "changed_from_defaults": changed_settings(cfg),
     }
     data = {**header, "tasks": rows, "pending": pending, "averages": averages}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +250,7 @@ def _markdown(data: dict[str, Any], png: str) -> str:
         f"- machine: {data['machine']['cpu_cores']} CPU cores, GPU: {data['machine']['gpu'] or 'none'}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
         "- settings: " + ", ".join(f"{k}={v}" for k, v in data["settings"].items()),
+        "- changed from the defaults: " + (", ".join(f"{k}={v}" for k, v in data.get("changed_from_defaults", {}).items()) or "nothing"),
         "- deviations from the paper (Vicuna-7B, full finetuning, GPU): a 135M model on CPU; LoRA r=16 instead of full "
         "finetuning; the model's chat template instead of a Vicuna text prompt; decoding stops at the end-of-turn token; "
         "NIv2-official metrics lead (the paper's last-label EM / char-LCS are in the JSON); everything else at the paper's "
