@@ -52,6 +52,7 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
         metric = row["primary_metric"]
         assert all(0 <= row["scores"][m][metric] <= 100 for m in bench.METHODS)
         assert {"value", "ci_low", "ci_high"} <= set(row["delta"])
+        assert row["inputs"]["raw"] == row["inputs"]["kept"] + sum(row["inputs"]["rejected"].values())
     assert set(data["averages"]) == {"classification", "generation"}
     md = out.with_suffix(".md").read_text()
     assert "| scitail | classification |" in md and "Averages per kind" in md and out.with_suffix(".png").exists()

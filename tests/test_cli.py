@@ -78,3 +78,10 @@ def test_run_and_evaluate_commands_on_tiny_model(tmp_path, tiny_model):
     assert result.exit_code == 0 and "selfguide" in result.output
     result = CliRunner().invoke(cli, ["evaluate", *common, "--shots", "zeroshot"])
     assert result.exit_code == 0 and "exact_match" in result.output
+
+
+def test_bench_reuse_from_a_missing_run_exits_2(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", str(EXAMPLE), "--set", f"run_dir={tmp_path}", "--set", "model.backend=fake",
+                                      "--reuse-from", "nope", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "--reuse-from nope: no run folder" in result.output
+    assert not (tmp_path / "out.json").exists()

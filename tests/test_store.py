@@ -64,3 +64,28 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"a": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_stage_adopts_a_finished_stage_with_the_same_identity_only(tmp_path):
+    def finished(run, stage, config, manifest_extra=None):
+        s = Stage(tmp_path / run / "task" / stage, stage, config, {"task": "t"})
+        assert s.begin() == "fresh"
+        (s.dir / "records.jsonl").write_text('{"a": 1}\n')
+        s.finish({"n": 1}, 0.0, **(manifest_extra or {}))
+        return s
+
+    src = finished("a", "generate", {"x": 1})
+    copy = Stage(tmp_path / "b" / "task" / "generate", "generate", {"x": 1}, {"task": "t"}, src.dir)
+    assert copy.begin() == "done" and (copy.dir / "records.jsonl").read_text() == '{"a": 1}\n'
+    assert copy.manifest()["counts"] == {"n": 1}
+    other = Stage(tmp_path / "c" / "task" / "generate", "generate", {"x": 2}, {"task": "t"}, src.dir)
+    assert other.begin() == "fresh" and not (other.dir / "records.jsonl").exists()  # other settings: computed anew
+    # a stage whose records point into its own run (a trained model's path) is never copied
+    trained = finished("a", "train", {"x": 1}, {"model_dir": str(tmp_path / "a" / "task" / "train" / "model")})
+    moved = Stage(tmp_path / "b" / "task" / "train", "train", {"x": 1}, {"task": "t"}, trained.dir)
+    assert moved.begin() == "fresh"
+    # an unfinished stage (no manifest) is not copied either
+    half = Stage(tmp_path / "a" / "task" / "annotate", "annotate", {"x": 1}, {"task": "t"})
+    half.begin()
+    assert Stage(tmp_path / "b" / "task" / "annotate", "annotate", {"x": 1}, {"task": "t"}, half.dir).begin() == "fresh"
+    assert not list((tmp_path / "b" / "task").glob("*.adopting"))

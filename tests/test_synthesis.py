@@ -216,3 +216,17 @@ def test_placeholder_filter(run_dir, tmp_path):
     g2 = synthesize(ctx_for(tmp_path / "b", backend=FakeBackend(script=bracket_script), task=bracketed,
                             overrides=["generate.placeholder_filter=true", "generate.length_filter=false"]))["generate"]
     assert "placeholder" not in g2["counts"]["rejected"] and "placeholder_filter" not in g2["config"]["resolved"]
+
+
+def test_reuse_from_copies_generation_for_an_annotation_ablation(tmp_path):
+    synthesize(ctx_for(tmp_path))  # run "default"
+    fb = FakeBackend()
+    ablation = make_context(EXAMPLE, overrides=[f"run_dir={tmp_path}", "name=ablation", "generate.target_inputs=30", "annotate.n=4",
+                                                "annotate.chunk_size=8", "annotate.label_source=conditioned"],
+                            backend_factory=lambda: fb)
+    ablation.reuse_from = "default"
+    m = synthesize(ablation)
+    assert fb.calls and all(c["n"] == 4 for c in fb.calls)  # only annotation sampled: the inputs were copied, not drawn
+    assert (tmp_path / "ablation" / "scitail" / "generate" / "inputs.jsonl").read_bytes() == \
+        (tmp_path / "default" / "scitail" / "generate" / "inputs.jsonl").read_bytes()
+    assert m["annotate"]["config"]["annotate"]["label_source"] == "conditioned"

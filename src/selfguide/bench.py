@@ -123,6 +123,8 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         v = verdict(ctx)
         row["delta"] = v["delta"]
         row["pairs"] = manifests["annotate"]["counts"]["pairs"]
+        g = manifests["generate"]["counts"]
+        row["inputs"] = {"raw": g["raw"], "kept": g["kept"], "rejected": g["rejected"]}
         row["label_mix"] = manifests["annotate"]["counts"].get("label_mix_after")
     if "icl-synthetic" in results:
         row["icl_shots"] = results["icl-synthetic"]["shots"]
@@ -131,13 +133,19 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
 
 def run_bench(
     task_specs: Sequence[str], cfg: RunConfig, methods: Sequence[str], out: Path, backend_factory: Any = None,
+    reuse_from: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Run tasks one at a time (bounded memory); the table is rewritten after each task."""
+    """Run tasks one at a time (bounded memory); the table is rewritten after each task.
+
+    `reuse_from` names another run whose finished stages are copied where this run's settings
+    leave them unchanged (an annotation ablation then reuses the generated inputs)."""
     from selfguide.models import resolve_model
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserInputError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    if reuse_from and not (Path(cfg.run_dir) / reuse_from).is_dir():
+        raise UserInputError(f"--reuse-from {reuse_from}: no run folder {Path(cfg.run_dir) / reuse_from}; name a finished run")
     files = find_tasks(task_specs)
     specs = [load_task(f) for f in files]  # validate every file before any work
     model = resolve_model(cfg.model.name).identity()
@@ -156,7 +164,7 @@ def run_bench(
                 pending.append({"task": spec.id, "reason": f"no labelled instances in split '{cfg.evaluate.split}'"})
                 bar.advance()
                 continue
-            ctx = Context(cfg, spec, backend_factory=backend_factory, progress=progress)
+            ctx = Context(cfg, spec, backend_factory=backend_factory, progress=progress, reuse_from=reuse_from)
             log.info("bench: %s (%s)", spec.id, spec.kind)
             rows.append(run_task(ctx, methods))
             later = [{"task": s.id, "reason": "not run yet (re-run the same command to continue)"} for s in specs[len(rows) + len(pending):]]
@@ -258,17 +266,19 @@ def _markdown(data: dict[str, Any], png: str) -> str:
         "- minutes = compute time of every stage a task's row rests on, summed from the stage manifests (reused stages count)",
         "", "Scores in points (0-100) on each task's primary metric (exact match for classification, ROUGE-L for generation).",
         "Delta = selfguide - prompt-fewshot with a paired bootstrap 95% CI over items.", "",
-        "| task | kind | " + " | ".join(methods) + " | delta [95% CI] | pairs | minutes |",
-        "|---|---|" + "---:|" * len(methods) + "---|---:|---:|",
+        "| task | kind | " + " | ".join(methods) + " | delta [95% CI] | inputs kept/raw | pairs | minutes |",
+        "|---|---|" + "---:|" * len(methods) + "---|---:|---:|---:|",
     ]
     for r in data["tasks"]:
         metric = r["primary_metric"]
         cells = [f"{r['scores'][mm][metric]:.1f}" if mm in r["scores"] else "-" for mm in methods]
         d = r.get("delta")
         delta = f"{d['value']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d else "-"
-        lines.append(f"| {r['task']} | {r['kind']} | " + " | ".join(cells) + f" | {delta} | {r.get('pairs', '-')} | {r['wall_seconds'] / 60:.1f} |")
+        inputs = f"{r['inputs']['kept']}/{r['inputs']['raw']}" if r.get("inputs") else "-"
+        lines.append(f"| {r['task']} | {r['kind']} | " + " | ".join(cells) + f" | {delta} | {inputs} | {r.get('pairs', '-')} "
+                     f"| {r['wall_seconds'] / 60:.1f} |")
     for p in data["pending"]:
-        lines.append(f"| {p['task']} | pending | " + " | ".join("-" for _ in methods) + f" | {p['reason']} | - | - |")
+        lines.append(f"| {p['task']} | pending | " + " | ".join("-" for _ in methods) + f" | {p['reason']} | - | - | - |")
     lines += ["", "## Averages per kind", "", "| kind | tasks | metric | " + " | ".join(methods) + " | mean delta | tasks with a gain |",
               "|---|---:|---|" + "---:|" * len(methods) + "---:|---:|"]
     for kind, a in data["averages"].items():

@@ -319,8 +319,10 @@ def run_cmd(quick: bool, **opts: Any) -> None:
               help="Comma-separated methods.")
 @click.option("--name", default="bench", help="Run name under the run folder.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results file stem (default docs/benchmarks/niv2-<model>).")
+@click.option("--reuse-from", default=None, metavar="NAME",
+              help="Another run's name: copy its finished stages wherever this run's settings leave them unchanged.")
 def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-          split: Optional[str], methods: str, name: str, out: Optional[str]) -> None:
+          split: Optional[str], methods: str, name: str, out: Optional[str], reuse_from: Optional[str]) -> None:
     """Benchmark methods over many tasks (a folder such as ../shared/niv2, or files), resumably."""
     import re
 
@@ -336,7 +338,7 @@ def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[s
     cfg = load_config(config_path, overrides, extra)
     slug = re.sub(r"[^a-z0-9.-]+", "-", resolve_model(cfg.model.name).name.lower()).strip("-")
     target = Path(out) if out else Path("docs") / "benchmarks" / f"niv2-{slug}"
-    data = run_bench(tasks, cfg, [m.strip() for m in methods.split(",") if m.strip()], target.with_suffix(""))
+    data = run_bench(tasks, cfg, [m.strip() for m in methods.split(",") if m.strip()], target.with_suffix(""), reuse_from=reuse_from)
     for kind, a in data["averages"].items():
         click.echo(f"{kind}: {a['tasks']} tasks, mean delta {a['delta']} points ({a['metric']})")
     click.echo(f"results: {target.with_suffix('.md')}")

@@ -134,6 +134,7 @@ class Stage:
     name: str
     config: dict[str, Any]  # the settings that determine this stage's output
     inputs: dict[str, Any]  # identities of what it reads (task fingerprint, model, upstream hashes)
+    reuse_from: Optional[Path] = None  # the same stage in another run: adopted when its identity matches
 
     @property
     def manifest_path(self) -> Path:
@@ -153,6 +154,8 @@ class Stage:
         """
         wanted = {"config": self.config, "inputs": self.inputs}
         stage_file = self.dir / STAGE_FILE
+        if not stage_file.exists() and self.reuse_from is not None and self._adopt(wanted):
+            return "done"
         if stage_file.exists():
             try:
                 have = json.loads(stage_file.read_text(encoding="utf-8"))
@@ -177,6 +180,35 @@ class Stage:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stage_file, {"schema": SCHEMA, "stage": self.name, **wanted})
         return "fresh"
+
+    def _adopt(self, wanted: dict[str, Any]) -> bool:
+        """Copy the finished stage of another run when it was made with the same settings and inputs.
+
+        Saves recomputing what an ablation does not change (the inputs, when only annotation
+        settings differ). A stage whose records name its own run folder (a trained model's path)
+        is not adopted: the copy would point into the other run.
+        """
+        src = self.reuse_from
+        assert src is not None
+        try:
+            have = json.loads((src / STAGE_FILE).read_text(encoding="utf-8"))
+            finished = (src / MANIFEST).exists()
+        except (OSError, ValueError):
+            return False
+        if not finished or {"config": have.get("config"), "inputs": have.get("inputs")} != wanted:
+            return False
+        # Stages sit one or two levels below the task folder: this covers the source task at least.
+        source_folder = str(src.parent.parent)
+        for f in src.rglob("*.json"):
+            if source_folder in f.read_text(encoding="utf-8", errors="replace"):
+                return False
+        staging = self.dir.with_name(self.dir.name + ".adopting")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(src, staging)
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, self.dir)
+        log.info("%s: adopted from %s (same settings and inputs)", self.name, src)
+        return True
 
     def finish(self, counts: dict[str, Any], started: float, **extra: Any) -> dict[str, Any]:
         manifest = {

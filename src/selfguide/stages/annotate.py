@@ -64,7 +64,7 @@ def make_stage(ctx: Context) -> Stage:
         "model": ctx.model_identity(),
         "generate": file_hash(ctx.stage_dir(generate.STAGE) / "inputs.jsonl"),
     }
-    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs)
+    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs, ctx.reuse_dir(STAGE))
 
 
 def annotate_samples(ctx: Context, samples: list[str]) -> dict[str, Any]:

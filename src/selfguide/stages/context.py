@@ -31,6 +31,7 @@ class Context:
     backend_factory: Optional[Callable[[], Backend]] = None
     progress: Progress = field(default_factory=Progress)
     train_callbacks: list[Any] = field(default_factory=list)  # extra transformers TrainerCallbacks
+    reuse_from: Optional[str] = None  # another run's name: its finished stages with the same identity are copied
     _backend: Optional[Backend] = None
     _engine: Optional[str] = None
     _model_identity: Optional[dict[str, Any]] = None
@@ -41,6 +42,12 @@ class Context:
 
     def stage_dir(self, stage: str) -> Path:
         return self.task_dir / stage
+
+    def reuse_dir(self, stage: str) -> Optional[Path]:
+        """The same stage in the `reuse_from` run, if one is named."""
+        if not self.reuse_from or self.reuse_from == self.cfg.name:
+            return None
+        return Path(self.cfg.run_dir) / self.reuse_from / self.task.id / stage
 
     def backend(self) -> Backend:
         """The generation backend, created on first use and shared by the stages of a run."""

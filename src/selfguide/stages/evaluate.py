@@ -73,7 +73,8 @@ def run_evaluate(
         shots_id = [len(shot_list), hashlib.sha256(json.dumps([[x.input, x.output] for x in shot_list]).encode()).hexdigest()[:16]]
     config = {"split": e.split, "max_items": e.max_items, "max_new_tokens": max_new_tokens(ctx, items), "shots": shots_id}
     inputs = {"task": ctx.task.fingerprint(), "items": [it.id for it in items][:3] + [len(items)], "model": model_identity}
-    stage = Stage(ctx.stage_dir(STAGE) / system, f"{STAGE}:{system}", config, inputs)
+    reuse = ctx.reuse_dir(STAGE)
+    stage = Stage(ctx.stage_dir(STAGE) / system, f"{STAGE}:{system}", config, inputs, reuse / system if reuse else None)
     state = stage.begin(ctx.force)
     if state == "done":
         log.info("evaluate[%s/%s]: up to date, skipping", ctx.task.id, system)

@@ -83,7 +83,7 @@ def make_stage(ctx: Context) -> Stage:
     settings = resolve_settings(ctx)
     config = {"seed": ctx.cfg.seed, "generate": identity_dict(ctx.cfg.generate), "resolved": _settings_dict(settings)}
     inputs = {"task": ctx.task.fingerprint(), "model": ctx.model_identity()}
-    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs)
+    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs, ctx.reuse_dir(STAGE))
 
 
 def _complete_rounds(records: list[dict[str, Any]], per_round: int) -> tuple[list[dict[str, Any]], int]:

@@ -43,7 +43,7 @@ def base_model_identity(ctx: Context) -> dict[str, Any]:
 def make_stage(ctx: Context, pairs_path: Path, name: str) -> Stage:
     config = {"seed": ctx.cfg.seed, "train": to_dict(ctx.cfg.train), "learning_rate": learning_rate(ctx)}
     inputs = {"task": ctx.task.fingerprint(), "base_model": base_model_identity(ctx), "pairs": file_hash(pairs_path)}
-    return Stage(ctx.stage_dir(name), name, config, inputs)
+    return Stage(ctx.stage_dir(name), name, config, inputs, ctx.reuse_dir(name))
 
 
 def build_examples(ctx: Context, tok: Any, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, list[int]]], int]:
