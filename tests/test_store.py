@@ -89,3 +89,33 @@ def test_stage_adopts_a_finished_stage_with_the_same_identity_only(tmp_path):
     half.begin()
     assert Stage(tmp_path / "b" / "task" / "annotate", "annotate", {"x": 1}, {"task": "t"}, half.dir).begin() == "fresh"
     assert not list((tmp_path / "b" / "task").glob("*.adopting"))
+
+
+def test_a_stage_being_written_by_another_process_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    stage_dir = tmp_path / "run" / "task" / "generate"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from selfguide.store import hold_stage_lock; "
+        f"hold_stage_lock(Path({str(stage_dir)!r})); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StageStateError, match=rf"another selfguide process \(pid {holder.pid}\) is writing"):
+            Stage(stage_dir, "generate", {"x": 1}, {"task": "t"}).begin()
+        assert not stage_dir.exists()  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    s = Stage(stage_dir, "generate", {"x": 1}, {"task": "t"})
+    assert s.begin() == "fresh"  # the holder died: its lock went with it
+    again = Stage(stage_dir, "generate", {"x": 1}, {"task": "t"})
+    assert again.begin() == "resume"  # the same process may begin its own stage again (a retry)
+    again.finish({"n": 1}, 0.0)
+    child = subprocess.run([sys.executable, "-c", (
+        "from pathlib import Path; from selfguide.store import hold_stage_lock; "
+        f"hold_stage_lock(Path({str(stage_dir)!r})); print('ok')")], capture_output=True, text=True)
+    assert child.stdout.strip() == "ok"  # released after finish

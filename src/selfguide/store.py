@@ -126,6 +126,50 @@ def versions() -> dict[str, str]:
     return out
 
 
+# Stage folders this process is writing -> their open, flock-ed lock files.
+_HELD_LOCKS: dict[str, Any] = {}
+
+
+def hold_stage_lock(stage_dir: Path) -> None:
+    """Refuse to write a stage that another live process is writing (two commands on one run folder).
+
+    An advisory flock on `<stage>.lock` beside the folder (`--force` wipes the folder, not the lock).
+    The kernel drops it when its process dies, so a crash never leaves a stale lock. A stage begun
+    again in the same process (a retry after an exception) takes its own lock over.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        return
+    path = stage_dir.with_name(stage_dir.name + ".lock")
+    key = str(path.resolve())
+    if key in _HELD_LOCKS:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip()
+        fh.close()
+        raise StageStateError(
+            f"{stage_dir}: another selfguide process{f' (pid {holder})' if holder else ''} is writing this stage; "
+            "wait for it to finish or stop it, then run the same command again"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _HELD_LOCKS[key] = fh
+
+
+def release_stage_lock(stage_dir: Path) -> None:
+    fh = _HELD_LOCKS.pop(str(stage_dir.with_name(stage_dir.name + ".lock").resolve()), None)
+    if fh is not None:
+        fh.close()
+
+
 @dataclass
 class Stage:
     """One stage of one task in a run directory."""
@@ -154,7 +198,9 @@ class Stage:
         """
         wanted = {"config": self.config, "inputs": self.inputs}
         stage_file = self.dir / STAGE_FILE
+        hold_stage_lock(self.dir)
         if not stage_file.exists() and self.reuse_from is not None and self._adopt(wanted):
+            release_stage_lock(self.dir)
             return "done"
         if stage_file.exists():
             try:
@@ -174,6 +220,7 @@ class Stage:
                         continue
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             elif self.manifest_path.exists():
+                release_stage_lock(self.dir)
                 return "done"
             else:
                 return "resume"
@@ -223,4 +270,5 @@ class Stage:
             **extra,
         }
         atomic_write_json(self.manifest_path, manifest)
+        release_stage_lock(self.dir)
         return manifest
