@@ -119,3 +119,32 @@ def test_a_stage_being_written_by_another_process_is_refused(tmp_path):
         "from pathlib import Path; from selfguide.store import hold_stage_lock; "
         f"hold_stage_lock(Path({str(stage_dir)!r})); print('ok')")], capture_output=True, text=True)
     assert child.stdout.strip() == "ok"  # released after finish
+
+
+def test_resumed_stage_counts_the_kept_work_of_earlier_invocations(tmp_path, monkeypatch):
+    import selfguide.store as store
+
+    now = [1000.0]
+    monkeypatch.setattr(store.time, "time", lambda: now[0])
+    st_dir = tmp_path / "run" / "t" / "generate"
+    first = Stage(st_dir, "generate", {"a": 1}, {})
+    assert first.begin() == "fresh"
+    now[0] += 30  # one unit of work lands
+    first.landed()
+    now[0] += 7  # work after the last unit is lost in a crash: redone, so not counted
+    store.release_stage_lock(st_dir)
+
+    now[0] += 3600  # resumed an hour later
+    second = Stage(st_dir, "generate", {"a": 1}, {})
+    assert second.begin() == "resume"
+    started = now[0]
+    now[0] += 12
+    manifest = second.finish({}, started)
+    assert manifest["seconds"] == pytest.approx(42)
+    assert manifest["seconds_this_invocation"] == pytest.approx(12)
+
+    # a stage redone from scratch after a settings change starts its clock at zero
+    third = Stage(st_dir, "generate", {"a": 2}, {})
+    assert third.begin(force=True) == "fresh"
+    manifest = third.finish({}, now[0] - 5)
+    assert manifest["seconds"] == pytest.approx(5)

@@ -14,7 +14,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SCHEMA = 1
 MANIFEST = "MANIFEST.json"
 STAGE_FILE = "stage.json"
+ELAPSED = "elapsed.json"  # work time of earlier, interrupted invocations that is kept on disk
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -179,6 +180,8 @@ class Stage:
     config: dict[str, Any]  # the settings that determine this stage's output
     inputs: dict[str, Any]  # identities of what it reads (task fingerprint, model, upstream hashes)
     reuse_from: Optional[Path] = None  # the same stage in another run: adopted when its identity matches
+    earlier_seconds: float = field(default=0.0, init=False)  # kept work of interrupted invocations
+    clock_start: float = field(default=0.0, init=False)
 
     @property
     def manifest_path(self) -> Path:
@@ -223,10 +226,27 @@ class Stage:
                 release_stage_lock(self.dir)
                 return "done"
             else:
+                self.clock_start = time.time()
+                self.earlier_seconds = self._read_elapsed()
                 return "resume"
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(stage_file, {"schema": SCHEMA, "stage": self.name, **wanted})
+        self.clock_start, self.earlier_seconds = time.time(), 0.0
         return "fresh"
+
+    def _read_elapsed(self) -> float:
+        try:
+            return float(json.loads((self.dir / ELAPSED).read_text(encoding="utf-8"))["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0
+
+    def landed(self) -> None:
+        """Note that a unit of work is on disk, so a resumed stage's manifest counts the time it took.
+
+        Without this a stage resumed near its end would report only the last invocation's minutes.
+        Work cut off by a crash after the last call is redone, so it is rightly not counted.
+        """
+        atomic_write_json(self.dir / ELAPSED, {"seconds": round(self.earlier_seconds + time.time() - self.clock_start, 2)})
 
     def _adopt(self, wanted: dict[str, Any]) -> bool:
         """Copy the finished stage of another run when it was made with the same settings and inputs.
@@ -264,7 +284,8 @@ class Stage:
             "config": self.config,
             "inputs": self.inputs,
             "counts": counts,
-            "seconds": round(time.time() - started, 2),
+            "seconds": round(self.earlier_seconds + time.time() - started, 2),
+            "seconds_this_invocation": round(time.time() - started, 2),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": versions(),
             **extra,

@@ -146,6 +146,7 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
                 }
                 batch.append(rec)
             append_records(ann_path, batch)
+            stage.landed()
             records.extend(batch)
             bar.advance(len(chunk))
 

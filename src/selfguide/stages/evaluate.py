@@ -102,6 +102,7 @@ def run_evaluate(
                     rec["predicted_label"] = map_to_label(pred, task.labels)
                 recs.append(rec)
             append_records(pred_path, recs)
+            stage.landed()
             done.update((r["id"], r) for r in recs)
             bar.advance(len(batch))
     ordered = [done[it.id] for it in items]

@@ -156,6 +156,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
                 batch.append(rec)
             pool.extend(r["input"] for r in batch if r["status"] == "kept")
             append_records(cand_path, batch)
+            stage.landed()
             records.extend(batch)
             bar.advance()
 

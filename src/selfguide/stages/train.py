@@ -174,6 +174,10 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
             if logs and "loss" in logs and state.is_world_process_zero:
                 append_records(metrics_path, [{"step": state.global_step, "epoch": state.epoch, **logs}])
 
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                stage.landed()  # the epoch's time survives a crash with its checkpoint
+
     args = TrainingArguments(
         output_dir=str(stage.dir / "checkpoints"),
         num_train_epochs=t.epochs,
