@@ -28,6 +28,7 @@ class Bar:
     def __init__(self, description: str, total: int, unit: str, rich_enabled: bool):
         self.description, self.total, self.unit = description, total, unit
         self.done = 0
+        self.resumed_at = 0  # work kept from an earlier run: shown as done, not counted in the rate
         self.started = time.time()
         self._last_log = 0.0
         self._rich = None
@@ -41,10 +42,19 @@ class Bar:
             self._rich.start()
             self._task = self._rich.add_task(description, total=total, rate="")
 
-    def advance(self, k: int = 1, done: Optional[int] = None) -> None:
-        self.done = done if done is not None else self.done + k
+    def resume(self, done: int) -> None:
+        """Start from work an earlier run finished."""
+        self.done = self.resumed_at = done
+        self.started = time.time()
+        if self._rich is not None:
+            self._rich.update(self._task, completed=done)
+        elif done:
+            log.info("%s: resumed at %d/%d %s", self.description, done, self.total, self.unit)
+
+    def advance(self, k: int = 1) -> None:
+        self.done += k
         elapsed = max(time.time() - self.started, 1e-9)
-        rate = f"{self.done / elapsed:.2f} {self.unit}/s"
+        rate = f"{(self.done - self.resumed_at) / elapsed:.2f} {self.unit}/s"
         if self._rich is not None:
             self._rich.update(self._task, completed=self.done, rate=rate)
         elif time.time() - self._last_log > 15 or self.done >= self.total:

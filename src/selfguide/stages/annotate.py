@@ -128,7 +128,7 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     max_new = resolved_max_new_tokens(ctx)
 
     with ctx.progress.bar(f"annotate {task.id}", len(inputs), "inputs") as bar:
-        bar.advance(done=len(finished))
+        bar.resume(len(finished))
         for ci, chunk in enumerate(chunks):
             if all(x["id"] in finished for x in chunk):
                 continue

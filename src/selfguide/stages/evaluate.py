@@ -87,7 +87,7 @@ def run_evaluate(
     todo = [it for it in items if it.id not in done]
     gold_labels = sorted({it.outputs[0] for it in items}) if task.labels else []
     with ctx.progress.bar(f"evaluate {task.id} {system}", len(items), "items") as bar:
-        bar.advance(done=len(done))
+        bar.resume(len(done))
         for start in range(0, len(todo), EVAL_BATCH):
             batch = todo[start : start + EVAL_BATCH]
             backend = backend_factory()

@@ -128,7 +128,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
             dedup.add(r["input"])
 
     with ctx.progress.bar(f"generate {task.id}", s.rounds, "rounds") as bar:
-        bar.advance(done=done_rounds)
+        bar.resume(done_rounds)
         for rnd in range(done_rounds, s.rounds):
             rng = random.Random(derive_seed(ctx.cfg.seed, task.id, STAGE, rnd))
             drafts = [
