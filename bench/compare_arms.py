@@ -1,6 +1,7 @@
 """Compare settings ("arms") of `selfguide bench` over tasks and seeds, to decide a default.
 
-Each arm is one or more bench JSON files (one per seed) made with the same settings. The table
+Each arm is one or more bench JSON files made with the same settings: one per seed, or several
+for one seed when its tasks were run as separate benches (their rows are merged). The table
 has, per arm and kind, the mean selfguide - few-shot delta over the tasks all files share; the
 spread of that mean over seeds; and how many tasks gained. A second table gives the per-task
 deltas (mean over seeds). A default changes only when the development tasks agree
@@ -26,16 +27,27 @@ DEV_TASKS = {"task190", "task199", "task200", "task738", "task937", "task1385", 
 
 
 def load_arm(spec: str) -> tuple[str, list[dict]]:
+    """One merged run per seed."""
     name, _, files = spec.partition("=")
     if not files:
         sys.exit(f"--arm {spec!r}: expected NAME=FILE[,FILE...]")
-    runs = []
+    by_seed: dict[int, dict] = {}
     for f in files.split(","):
         path = Path(f)
         if not path.exists():
             sys.exit(f"--arm {name}: {path}: no such file (run `selfguide bench ... --out {path.with_suffix('')}` first)")
-        runs.append(json.loads(path.read_text(encoding="utf-8")))
-    return name, runs
+        run = json.loads(path.read_text(encoding="utf-8"))
+        if run["seed"] not in by_seed:
+            by_seed[run["seed"]] = run
+            continue
+        merged = by_seed[run["seed"]]
+        if run.get("changed_from_defaults") != merged.get("changed_from_defaults"):
+            sys.exit(f"--arm {name}: {path} has other settings than the arm's first file of seed {run['seed']}")
+        clash = {r["task"] for r in run["tasks"]} & {r["task"] for r in merged["tasks"]}
+        if clash:
+            sys.exit(f"--arm {name}: {path} repeats task(s) {', '.join(sorted(clash))} for seed {run['seed']}")
+        merged["tasks"] = merged["tasks"] + run["tasks"]
+    return name, list(by_seed.values())
 
 
 def deltas(run: dict) -> dict[str, tuple[str, float, int]]:

@@ -4,10 +4,13 @@ without redoing finished tasks (fake synthesis backend, tiny real model for trai
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLE, NIV2
+from conftest import EXAMPLE, NIV2, ROOT
 from selfguide import bench
 from selfguide.backends.fake import FakeBackend
 from selfguide.config import load_config
@@ -60,6 +63,20 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
     # an arm of a comparison says what it changed
     assert data["changed_from_defaults"]["annotate.n"] == 2 and "run_dir" not in data["changed_from_defaults"]
     assert "- changed from the defaults: " in md and "annotate.n=2" in md
+
+    # the funnel report reads the same run: its counts are the stage manifests' counts
+    funnel = subprocess.run([sys.executable, str(ROOT / "bench" / "funnel.py"), str(Path(cfg.run_dir) / cfg.name),
+                             str(out.with_suffix(".json")), "--out", str(tmp_path / "funnel.md")],
+                            capture_output=True, text=True, check=True).stdout
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in funnel.splitlines() if line.startswith("| scitail") or line.startswith("| task1562")}
+    assert set(cells) == {"scitail", "task1562"} and (tmp_path / "funnel.md").read_text() + "\n" == funnel
+    for row in data["tasks"]:
+        kind, raw, kept = cells[row["task"]][:3]
+        assert kind == row["kind"][:3] and int(raw) == row["inputs"]["raw"] and int(kept) == row["inputs"]["kept"]
+        assert int(cells[row["task"]][7]) == row["pairs"] and cells[row["task"]][-1] == f"{row['delta']['value']:+.1f}"
+    labels_before, missing = cells["scitail"][8], cells["scitail"][10]
+    assert labels_before != "-" and all(f"{label} " not in labels_before for label in missing.split(", ") if label != "-")
 
 
 def test_bench_pending_task_without_instances(tmp_path, tiny_model):
