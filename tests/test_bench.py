@@ -59,6 +59,9 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
     assert set(data["averages"]) == {"classification", "generation"}
     md = out.with_suffix(".md").read_text()
     assert "| scitail | classification |" in md and "Averages per kind" in md and out.with_suffix(".png").exists()
+    cls = data["averages"]["classification"]
+    assert set(cls["by_metric"]) == {"exact_match", "paper_exact_match", "rougeL"}
+    assert cls["by_metric"][cls["metric"]] == cls["scores"] and "| classification | paper_exact_match |" in md
     assert data["tasks"][0]["icl_shots"] >= 4
     # an arm of a comparison says what it changed
     assert data["changed_from_defaults"]["annotate.n"] == 2 and "run_dir" not in data["changed_from_defaults"]
