@@ -182,7 +182,7 @@ def changed_settings(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _mean(values: list[float]) -> Optional[float]:
-    return round(sum(values) / len(values), 2) if values else None
+    return round(sum(values) / len(values), 3)  # 3 decimals: the tables round once more, to 1 if values else None
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str, str]], cfg: RunConfig,
