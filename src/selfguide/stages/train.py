@@ -116,6 +116,16 @@ def _agree(value: Any) -> Any:
     return box[0]
 
 
+def _leave_group() -> None:
+    """Wait for rank 0 to finish writing, then close the process group: a rank that exits while
+    gloo's threads still run aborts ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -> dict[str, Any]:
     """Finetune on `pairs_path` (default: the annotate stage's pairs) into the stage folder `name`.
 
@@ -130,6 +140,8 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
         state = _agree(state)
     if state == "done":
         log.info("%s[%s]: up to date, skipping (--force to redo)", name, ctx.task.id)
+        if world > 1:
+            _leave_group()
         return stage.manifest()  # type: ignore[return-value]
     started = time.time()
 
@@ -218,6 +230,7 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
              len(examples), t.epochs, learning_rate(ctx), args.bf16)
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     if rank != 0:
+        _leave_group()
         return {"rank": rank, "steps": trainer.state.global_step}
 
     model_dir = stage.dir / "model"
@@ -239,6 +252,8 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
     }
     write_model_card(ctx, model_dir, counts, verdict=None)
     manifest = stage.finish(counts, started, model_dir=str(model_dir))
+    if world > 1:
+        _leave_group()
     log.info("train[%s]: done in %.0fs, loss %s -> %s", ctx.task.id, manifest["seconds"], counts["first_loss"], counts["final_loss"])
     return manifest
 
