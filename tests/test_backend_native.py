@@ -103,3 +103,58 @@ def test_unsupported_architecture_is_refused(tmp_path, tiny_model):
     AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(tmp_path)
     with pytest.raises(BackendUnavailable, match="model.backend: hf"):
         get_backend("native", model=str(tmp_path))
+
+
+def test_prefill_after_a_cached_middle_matches_transformers(lively_model):
+    """Rows that follow the shared prefix plus their own stored KV (of different lengths) get the
+    logits a full forward pass gives."""
+    import torch
+
+    from selfguide.backends.native import _per_layer, _stack_rows
+
+    nat = get_backend("native", model=str(lively_model), dtype="float32")
+    dec, model = nat.decoder, nat.model
+    ids = torch.randint(5, 390, (1, 48), generator=torch.Generator().manual_seed(3))[0].tolist()
+    with torch.inference_mode():
+        ref = model(torch.tensor([ids])).logits[0].float()
+        kv, _ = dec.prefill([ids[:40]], None, 0)
+        whole = _stack_rows(kv, 0, 40)  # [layers, 2, n_kv, 40, d]
+        prefix = _per_layer(whole[:, :, :, :10])
+        middles = [whole[:, :, :, 10:26], None, whole[:, :, :, 10:18]]
+        seqs = [ids[26:44], ids[10:33], ids[18:30]]
+        _, last = dec.prefill(seqs, prefix, 10, middles)
+    for row, end in enumerate((44, 33, 30)):
+        assert torch.allclose(last[row], ref[end - 1], atol=1e-4)
+
+
+def _story_prompts(count: int, words: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    vocab = "petal stone river cloud lamp quiet north ember salt violet ring tide moss".split()
+    return [" ".join(rng.choice(vocab) for _ in range(words)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("budget_mb", [1024, 1])
+def test_prompt_kv_reused_across_calls_gives_the_same_text(lively_model, budget_mb):
+    """A later call whose prompts start with an earlier call's prompts encodes only the rest
+    (store hits beyond the call's own shared prefix) and says what a backend without the store says;
+    a store far too small for the prompts evicts down to its budget and still says the same."""
+    base = " ".join(_story_prompts(1, 60, 0))
+    first = [base + " " + x for x in _story_prompts(4, 50, 1)]
+    second = [p + " " + x for p, x in zip(first, _story_prompts(4, 12, 2))]
+    reusing = get_backend("native", model=str(lively_model), dtype="float32", batch_size=3, prefix_cache_mb=budget_mb)
+    fresh = get_backend("native", model=str(lively_model), dtype="float32", batch_size=3, prefix_cache_mb=0)
+    assert fresh.store is None
+    settings = dict(max_new_tokens=12, stop=("ring",))
+    assert reusing.generate(first, **settings) == fresh.generate(first, **settings)
+    reused_before = reusing.store.hit_tokens
+    assert reusing.generate(second, **settings) == fresh.generate(second, **settings)
+    sampled = dict(n=3, temperature=1.0, top_k=40, max_new_tokens=10, seed=4)
+    assert reusing.generate(second, **sampled) == fresh.generate(second, **sampled)
+    store = reusing.store
+    if budget_mb == 1024:
+        # the second call shares only `base` among its prompts: the rest of each first prompt came from the store
+        assert store.hit_tokens - reused_before > 4 * 40
+    else:
+        assert 0 < store.used_bytes <= 2**20

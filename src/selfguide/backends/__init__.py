@@ -50,7 +50,7 @@ def model_backend(m: Any, model: str, engine: str) -> Backend:
     """A backend for `model` with the run's model settings (`m`: config.ModelConfig)."""
     return get_backend(
         engine, model=model, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads,
-        prefix_cache=m.prefix_cache, tensor_parallel_size=m.tensor_parallel_size, gpu_memory_utilization=m.gpu_memory_utilization,
+        prefix_cache=m.prefix_cache, prefix_cache_mb=m.prefix_cache_mb, tensor_parallel_size=m.tensor_parallel_size, gpu_memory_utilization=m.gpu_memory_utilization,
     )
 
 

@@ -3,10 +3,13 @@
 Scheduling, per `generate` call:
 - the prefix every prompt shares (instruction + examples) is encoded once; all sequences attend it;
 - each prompt's own suffix is encoded once, however many samples (n) are drawn from it;
+- prompt KV outlives the call (`KVStore`, blocks of 16 tokens): a later call encodes only the
+  tokens after the longest block prefix an earlier call already encoded;
 - `batch_size` KV slots are allocated once; a sequence that ends (end-of-turn, stop string, token
   limit) frees its slot and the next waiting job takes it at once (continuous batching), so a
   batch never waits for its longest member.
-Same prompts + same seed give the same texts. Greedy text matches the hf backend's up to float
+Same prompts + same seed + same earlier calls give the same texts (reused KV can round differently
+in bf16 from KV encoded afresh). Greedy text matches the hf backend's up to float
 rounding (tested in float32).
 """
 
@@ -18,6 +21,7 @@ from typing import Any, Optional, Sequence
 from selfguide.backends import hf_model
 from selfguide.backends.base import cut_at_stop
 from selfguide.backends.hf import HFBackend, shared_prefix_len
+from selfguide.backends.kv_store import BLOCK, KVStore
 from selfguide.errors import BackendError
 from selfguide.models import ModelRef, resolve_model
 
@@ -28,7 +32,9 @@ class NativeBackend(HFBackend):
     name = "native"
     ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence (vLLM's ignore_eos)
 
-    def __init__(self, model: str = "embedded", model_ref: Optional[ModelRef] = None, **kwargs: Any):
+    def __init__(
+        self, model: str = "embedded", model_ref: Optional[ModelRef] = None, prefix_cache_mb: int = 1024, **kwargs: Any
+    ):
         from selfguide.backends.native_llama import LlamaDecoder, check_supported
 
         ref = model_ref or resolve_model(model)
@@ -36,10 +42,12 @@ class NativeBackend(HFBackend):
         super().__init__(model=model, model_ref=ref, **kwargs)
         self.decoder = LlamaDecoder(self.model)
         self.end_ids = set(self.end_ids)
+        self.store = KVStore(prefix_cache_mb * 2**20) if self.prefix_cache and prefix_cache_mb > 0 else None
         self._identity["engine"] = "selfguide-native"
 
     def close(self) -> None:
         self.decoder = None
+        self.store = None
         super().close()
 
     def generate(
@@ -89,7 +97,8 @@ class NativeBackend(HFBackend):
 
         dec = self.decoder
         dev = self.device
-        prefix = [(k[0], v[0]) for k, v in dec.prefill([ids[0][:P]], None, 0)[0]] if P else None
+        prefix_kv = self._encode_prefix(ids[0][:P]) if P else None  # [layers, 2, n_kv, P, d]
+        prefix = _per_layer(prefix_kv) if P else None
         suffixes = [x[P:] for x in ids]
         S = max(len(s) for s in suffixes) + max_new_tokens
         dec.rope_table(P + S + 1)
@@ -101,7 +110,7 @@ class NativeBackend(HFBackend):
         ]
         # Jobs in prompt order, copies of a prompt next to each other: its suffix KV is encoded once.
         pending = deque((p, c) for p in range(len(ids)) for c in range(copies))
-        encoded: dict[int, tuple[Any, int, Any, int]] = {}  # prompt -> (batch kv, its row, last logits, copies left)
+        encoded: dict[int, tuple[Any, Any, int]] = {}  # prompt -> (suffix KV, last logits, copies left)
         job: list[tuple[int, int]] = []  # per active slot
         out: list[list[int]] = []
         lens = torch.zeros(slots, dtype=torch.long, device=dev)
@@ -139,14 +148,15 @@ class NativeBackend(HFBackend):
         while pending or job:
             admitted = []
             batch = [pending.popleft() for _ in range(min(slots - len(job), len(pending)))]
-            self._encode([p for p in dict.fromkeys(p for p, _ in batch) if p not in encoded], suffixes, prefix, P, copies, encoded)
+            fresh = [p for p in dict.fromkeys(p for p, _ in batch) if p not in encoded]
+            self._encode(fresh, ids, suffixes, prefix_kv, P, copies, encoded)
             for p, c in batch:
-                kv, row, logits, left = encoded[p]
+                kv, logits, left = encoded[p]
                 k = len(job)
                 n_tok = len(suffixes[p])
-                for (K, V), (k_new, v_new) in zip(cache, kv):
-                    K[k, :, :n_tok] = k_new[row, :, :n_tok]
-                    V[k, :, :n_tok] = v_new[row, :, :n_tok]
+                for i, (K, V) in enumerate(cache):
+                    K[k, :, :n_tok] = kv[i, 0]
+                    V[k, :, :n_tok] = kv[i, 1]
                 lens[k] = n_tok
                 job.append((p, c))
                 out.append([])
@@ -154,7 +164,7 @@ class NativeBackend(HFBackend):
                 if left == 1:
                     del encoded[p]
                 else:
-                    encoded[p] = (kv, row, logits, left - 1)
+                    encoded[p] = (kv, logits, left - 1)
             if admitted:
                 first = _sample(torch.stack([lg for _, lg in admitted]), greedy, temperature, top_k, top_p, generator)
                 for (k, _), t in zip(admitted, first.tolist()):
@@ -178,17 +188,72 @@ class NativeBackend(HFBackend):
                 retire(done)
         return texts
 
-    def _encode(self, prompts: list[int], suffixes, prefix, P: int, copies: int, encoded: dict) -> None:
-        """Encode the prompts' own tokens in length-sorted batches of at most PREFILL_TOKENS padded tokens."""
-        order = sorted(prompts, key=lambda p: len(suffixes[p]))
+    def _encode_prefix(self, prefix_ids: list[int]) -> Any:
+        """KV [layers, 2, n_kv, P, d] of the call's shared prefix: from the store as far as it has it."""
+        import torch
+
+        chain = self.store.match(prefix_ids, len(prefix_ids)) if self.store else []
+        done = len(chain) * BLOCK
+        cached = self.store.gather(chain, 0) if done else None
+        if done == len(prefix_ids):
+            return cached
+        kv, _ = self.decoder.prefill([prefix_ids[done:]], _per_layer(cached) if done else None, done)
+        own = _stack_rows(kv, 0, len(prefix_ids) - done)
+        full = torch.cat([cached, own], 3) if done else own
+        if self.store:
+            self.store.insert(prefix_ids, lambda a, b: full[:, :, :, a:b])
+        return full
+
+    def _encode(self, prompts: list[int], ids, suffixes, prefix_kv, P: int, copies: int, encoded: dict) -> None:
+        """Encode the prompts' own tokens (after any block prefix the store has) in length-sorted
+        batches of at most PREFILL_TOKENS padded tokens."""
+        import torch
+
+        middles: dict[int, Any] = {}
+        for p in prompts:
+            chain = self.store.match(ids[p], len(ids[p]) - 1) if self.store else []
+            if len(chain) * BLOCK > P:
+                middles[p] = self.store.gather(chain, P)
+        skip = {p: middles[p].shape[3] if p in middles else 0 for p in prompts}
+        order = sorted(prompts, key=lambda p: len(suffixes[p]) - skip[p])
+        prefix = _per_layer(prefix_kv) if P else None
         while order:
             group = [order.pop()]  # longest first: it sets the padded width
-            width = len(suffixes[group[0]])
+            width = len(suffixes[group[0]]) - skip[group[0]]
             while order and (len(group) + 1) * width <= PREFILL_TOKENS:
                 group.append(order.pop())
-            kv, logits = self.decoder.prefill([suffixes[p] for p in group], prefix, P)
+            kv, logits = self.decoder.prefill(
+                [suffixes[p][skip[p]:] for p in group], prefix, P, [middles.get(p) for p in group]
+            )
             for row, p in enumerate(group):
-                encoded[p] = (kv, row, logits[row], copies)
+                own = _stack_rows(kv, row, len(suffixes[p]) - skip[p])
+                suffix_kv = torch.cat([middles[p], own], 3) if p in middles else own
+                encoded[p] = (suffix_kv, logits[row], copies)
+                if self.store:
+                    self.store.insert(ids[p], lambda a, b, s=suffix_kv: _span(prefix_kv, s, P, a, b))
+
+
+def _per_layer(kv: Any) -> list[tuple[Any, Any]]:
+    """[layers, 2, n_kv, T, d] -> per layer (K, V) [n_kv, T, d] (views)."""
+    return [(layer[0], layer[1]) for layer in kv]
+
+
+def _span(prefix_kv: Any, suffix_kv: Any, P: int, a: int, b: int) -> Any:
+    """Tokens [a, b) of a prompt whose KV is prefix_kv (P tokens) followed by suffix_kv."""
+    import torch
+
+    if b <= P:
+        return prefix_kv[:, :, :, a:b]
+    if a >= P:
+        return suffix_kv[:, :, :, a - P : b - P]
+    return torch.cat([prefix_kv[:, :, :, a:], suffix_kv[:, :, :, : b - P]], 3)
+
+
+def _stack_rows(kv: list[tuple[Any, Any]], row: int, n: int) -> Any:
+    """Row `row`'s first n tokens of per-layer batch K/V [B, n_kv, T, d] -> [layers, 2, n_kv, n, d]."""
+    import torch
+
+    return torch.stack([torch.stack([k[row, :, :n], v[row, :, :n]]) for k, v in kv])
 
 
 PREFILL_TOKENS = 2048  # padded tokens per batched prompt encoding; larger batches measured no faster (L2-sized activations)

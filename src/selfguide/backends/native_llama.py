@@ -136,26 +136,52 @@ class LlamaDecoder:
 
     # -- passes ------------------------------------------------------------------------------
 
-    def prefill(self, seqs: list[list[int]], prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]], start: int):
+    def prefill(
+        self,
+        seqs: list[list[int]],
+        prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]],
+        start: int,
+        middles: Optional[list[Optional[torch.Tensor]]] = None,
+    ):
         """Encode token sequences that each follow `prefix` (positions start..), in one batch
-        (right-padded: causality already hides the padding from every real token). Returns per
-        layer K/V [B, n_kv, T, d] (row b valid up to len(seqs[b])) and the logits after each
-        sequence's last token [B, vocab]."""
+        (right-padded: causality already hides the padding from every real token). Row b may also
+        follow its own already-encoded tokens `middles[b]` (KV [layers, 2, n_kv, m_b, d], positions
+        start..start+m_b; its tokens then start at start+m_b). Returns per layer K/V [B, n_kv, T, d]
+        (row b valid up to len(seqs[b])) and the logits after each sequence's last token [B, vocab]."""
         B, T = len(seqs), max(len(s) for s in seqs)
-        self.rope_table(start + T + 1)
         dev = self.embed.device
+        mids = middles if middles is not None else [None] * B
+        m_lens = [0 if m is None else m.shape[3] for m in mids]
+        M = max(m_lens)
+        self.rope_table(start + M + T + 1)
         tokens = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)
-        pos = torch.arange(start, start + T, device=dev)[None].expand(B, T)
+        pos = start + torch.tensor(m_lens, device=dev)[:, None] + torch.arange(T, device=dev)[None]
         x = F.embedding(tokens, self.embed)
-        # Additive mask over [prefix | own tokens]: the prefix is fully visible, own tokens causally.
+        # Additive mask over [prefix | middle | own tokens]: the prefix is fully visible, a row's
+        # middle up to its length, own tokens causally.
         mask = torch.full((T, start + T), float("-inf"), device=dev).triu(start + 1).to(self.dtype)
+        if M:
+            hidden = torch.arange(M, device=dev)[None] >= torch.tensor(m_lens, device=dev)[:, None]  # [B, M]
+            mid_mask = torch.zeros(B, M, dtype=self.dtype, device=dev).masked_fill(hidden, float("-inf"))
+            mask = torch.cat([
+                mask[None, :, :start].expand(B, -1, -1), mid_mask[:, None].expand(-1, T, -1), mask[None, :, start:].expand(B, -1, -1)
+            ], -1)[:, None]
+            mid_kv = torch.zeros(len(self.layers), 2, B, self.n_kv, M, self.head_dim, dtype=self.dtype, device=dev)
+            for b, m in enumerate(mids):
+                if m is not None:
+                    mid_kv[:, :, b, :, : m_lens[b]] = m
         kv = []
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, pos)
             kv.append((k, v))
+            keys, values = [k], [v]
+            if M:
+                keys.insert(0, mid_kv[i, 0])
+                values.insert(0, mid_kv[i, 1])
             if prefix is not None:
-                k = torch.cat([prefix[i][0][None].expand(B, -1, -1, -1), k], 2)
-                v = torch.cat([prefix[i][1][None].expand(B, -1, -1, -1), v], 2)
+                keys.insert(0, prefix[i][0][None].expand(B, -1, -1, -1))
+                values.insert(0, prefix[i][1][None].expand(B, -1, -1, -1))
+            k, v = (torch.cat(keys, 2), torch.cat(values, 2)) if len(keys) > 1 else (k, v)
             # torch's fused CPU attention with an additive mask: ~1.4x the manual softmax(QK^T)V here
             attn = F.scaled_dot_product_attention(
                 q, k.repeat_interleave(self.groups, 1), v.repeat_interleave(self.groups, 1), attn_mask=mask, scale=self.scale
