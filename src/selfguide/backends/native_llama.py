@@ -92,9 +92,7 @@ class LlamaDecoder:
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # as transformers' LlamaRMSNorm: statistics in fp32, weight applied in the model dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return w * h.to(x.dtype)
+        return w * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     def rope_table(self, length: int) -> None:
         """cos/sin for positions [0, length): computed by the model's own rotary module (rope scaling included)."""
@@ -107,22 +105,25 @@ class LlamaDecoder:
         self._cos, self._sin = cos[0], sin[0]
         self._rope_len = length
 
-    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x [B, heads, T, d], pos [B, T]."""
-        cos = self._cos[pos].unsqueeze(1)
-        sin = self._sin[pos].unsqueeze(1)
+    def _angles(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, 1, T, d] for positions pos [B, T]: looked up once per pass, used by every layer."""
+        return self._cos[pos].unsqueeze(1), self._sin[pos].unsqueeze(1)
+
+    @staticmethod
+    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x [B, heads, T, d]."""
         half = x.shape[-1] // 2
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def _qkv(self, layer: Layer, x: torch.Tensor, pos: torch.Tensor):
+    def _qkv(self, layer: Layer, x: torch.Tensor, angles: tuple[torch.Tensor, torch.Tensor]):
         B, T, _ = x.shape
         qkv = F.linear(self._rms(x, layer.ln1), layer.qkv_w, layer.qkv_b)
         nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
         q = qkv[..., :nq].view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = qkv[..., nq : nq + nk].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         v = qkv[..., nq + nk :].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        return self._rope(q, pos), self._rope(k, pos), v
+        return self._rope(q, *angles), self._rope(k, *angles), v
 
     def _finish_layer(self, layer: Layer, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         B, T = x.shape[:2]
@@ -156,6 +157,7 @@ class LlamaDecoder:
         self.rope_table(start + M + T + 1)
         tokens = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)
         pos = start + torch.tensor(m_lens, device=dev)[:, None] + torch.arange(T, device=dev)[None]
+        angles = self._angles(pos)
         x = F.embedding(tokens, self.embed)
         # Additive mask over [prefix | middle | own tokens]: the prefix is fully visible, a row's
         # middle up to its length, own tokens causally.
@@ -172,7 +174,7 @@ class LlamaDecoder:
                     mid_kv[:, :, b, :, : m_lens[b]] = m
         kv = []
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, x, pos)
+            q, k, v = self._qkv(layer, x, angles)
             kv.append((k, v))
             keys, values = [k], [v]
             if M:
@@ -203,7 +205,7 @@ class LlamaDecoder:
         returns the logits [A, vocab]."""
         A = tokens.shape[0]
         rows = torch.arange(A, device=tokens.device)
-        pos = (lens + prefix_len)[:, None]
+        angles = self._angles((lens + prefix_len)[:, None])
         x = F.embedding(tokens[:, None], self.embed)
         S = cache[0][0].shape[2]
         # Attend over every column of the slot (contiguous: a strided slice makes bf16 bmm copy);
@@ -214,7 +216,7 @@ class LlamaDecoder:
         )
         g, d, nkv = self.groups, self.head_dim, self.n_kv
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, x, pos)
+            q, k, v = self._qkv(layer, x, angles)
             K, V = cache[i]
             K[rows, :, lens] = k[:, :, 0]
             V[rows, :, lens] = v[:, :, 0]
