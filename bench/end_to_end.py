@@ -60,7 +60,15 @@ def main() -> None:
         rows[label] = {"wall_s": round(wall, 1), "stages": stages, "verdict": verdict.get("sentence", ""), "backend": backend,
                        "overrides": args.overrides, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)}
         print(label, rows[label], flush=True)
+    for label, row in rows.items():  # rows written before this field existed
+        row.setdefault("train_pairs", trained_on(Path(args.run_dir) / (f"e2e-{label}" + ("-quick" if args.quick else ""))))
     write(args, rows)
+
+
+def trained_on(run: Path) -> int | None:
+    """Pairs the run's train stage trained on: its length depends on them, not on the backend."""
+    manifest = next(run.glob("*/train/MANIFEST.json"), None)
+    return json.loads(manifest.read_text())["counts"]["trained_on"] if manifest else None
 
 
 def write(args: argparse.Namespace, rows: dict) -> None:
@@ -88,6 +96,11 @@ def write(args: argparse.Namespace, rows: dict) -> None:
     walls = [rows[b]["wall_s"] for b in names]
     cells = [f"**{w}**" + (f" **({w / walls[0]:.2f}x)**" if i else "") for i, w in enumerate(walls)]
     lines.append("| **whole run (wall clock, incl. model loading)** | " + " | ".join(cells) + " |")
+    rest = [round(rows[b]["wall_s"] - rows[b]["stages"].get("train", 0), 1) for b in names]
+    cells = [f"{w}" + (f" ({w / rest[0]:.2f}x)" if i else "") for i, w in enumerate(rest)]
+    lines.append("| whole run without the train stage | " + " | ".join(cells) + " |")
+    lines.append("| pairs trained on (sets the train stage's length) | "
+                 + " | ".join(str(rows[b].get("train_pairs", "-")) for b in names) + " |")
     lines += [""] + [f"- {b} (`--backend {rows[b].get('backend', b)}`{' ' + ' '.join('--set ' + o for o in rows[b].get('overrides', [])) if rows[b].get('overrides') else ''}): "
                      f"{rows[b]['verdict']}" for b in names] + [""]
     out.with_suffix(".md").write_text("\n".join(lines))

@@ -158,3 +158,17 @@ def test_prompt_kv_reused_across_calls_gives_the_same_text(lively_model, budget_
         assert store.hit_tokens - reused_before > 4 * 40
     else:
         assert 0 < store.used_bytes <= 2**20
+
+
+def test_a_calls_shared_prefix_has_the_same_bits_from_memory_as_afresh(lively_model):
+    """A resumed process encodes the shared prefix afresh; an uninterrupted one takes it from the
+    store. Both must be the same bits, or text after a resume could differ."""
+    import torch
+
+    prefix_ids = list(range(7, 7 + 2 * 16 + 5))
+    warm = get_backend("native", model=str(lively_model), dtype="float32")
+    cold = get_backend("native", model=str(lively_model), dtype="float32")
+    with torch.inference_mode():
+        first = warm._encode_prefix(prefix_ids)
+        assert warm._encode_prefix(prefix_ids) is first  # served from the store
+        assert torch.equal(cold._encode_prefix(prefix_ids), first)

@@ -88,3 +88,29 @@ def test_bench_pending_task_without_instances(tmp_path, tiny_model):
     data = bench.run_bench([str(task)], cfg_for(tmp_path / "runs", tiny_model), ["prompt-fewshot"], tmp_path / "out",
                            backend_factory=lambda: FakeBackend())
     assert data["tasks"] == [] and data["pending"][0]["task"] == "noeval"
+
+
+def test_end_to_end_table_compares_backends_with_and_without_training(tmp_path, monkeypatch):
+    """bench/end_to_end.py's table: ratios to the first run, the run without its train stage, and the
+    pairs each run trained on (read from the run's train manifest)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("end_to_end", ROOT / "bench" / "end_to_end.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    manifest = tmp_path / "runs" / "e2e-hf" / "task937" / "train" / "MANIFEST.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"counts": {"trained_on": 8}}))
+    assert e2e.trained_on(tmp_path / "runs" / "e2e-hf") == 8 and e2e.trained_on(tmp_path / "runs" / "e2e-x") is None
+    rows = {
+        "native": {"wall_s": 300.0, "stages": {"generate": 200.0, "train": 50.0}, "verdict": "v1", "train_pairs": 14},
+        "hf": {"wall_s": 450.0, "stages": {"generate": 300.0, "train": 50.0}, "verdict": "v2", "train_pairs": 8},
+    }
+    args = argparse.Namespace(out=str(tmp_path / "e2e"), task="task937.json", quick=False, overrides=[])
+    e2e.write(args, rows)
+    table = (tmp_path / "e2e.md").read_text()
+    assert "| generate | 200.0 | 300.0 (1.50x) |" in table
+    assert "| **whole run (wall clock, incl. model loading)** | **300.0** | **450.0** **(1.50x)** |" in table
+    assert "| whole run without the train stage | 250.0 | 400.0 (1.60x) |" in table
+    assert "| pairs trained on (sets the train stage's length) | 14 | 8 |" in table

@@ -46,3 +46,17 @@ def test_eviction_keeps_the_budget_and_drops_leaves_before_their_parents():
     assert len(store.match(a, len(a))) == 3  # the least recent leaf (b's last block) went first
     assert len(store.match(b, len(b))) == 2  # b lost only its last block
     assert store.match(c, len(c)) != []
+
+
+def test_whole_prefixes_are_kept_by_exact_tokens_and_share_the_budget():
+    one_block = 2 * 2 * 1 * BLOCK * 3 * 4
+    store = KVStore(budget_bytes=3 * one_block)
+    prefix = list(range(40, 40 + BLOCK + 3))  # not a whole number of blocks: kept whole anyway
+    kv = _kv_of(prefix)(0, len(prefix))
+    store.put_prefix(prefix, kv)
+    assert store.get_prefix(prefix) is kv and store.get_prefix(prefix[:-1]) is None
+    assert store.hit_tokens == len(prefix)
+    a = list(range(2 * BLOCK))
+    store.insert(a, _kv_of(a))  # 2 blocks + the prefix's 19 tokens > 3 blocks: the prefix is the oldest
+    assert store.get_prefix(prefix) is None and store.used_bytes == 2 * one_block
+    assert len(store.match(a, len(a))) == 2

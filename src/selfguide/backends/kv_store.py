@@ -5,24 +5,28 @@ round to round (the instruction followed by the same demonstrations in one of a 
 ~40% of the prompt tokens a round encodes were already encoded in an earlier round
 (docs/benchmarks/generation.md). The KV of a token depends on every token before it, so entries
 are blocks of BLOCK tokens in a trie keyed by (parent block, the block's tokens): a lookup walks a
-prompt block by block from its first token. Least recently used leaf blocks are evicted beyond
-the byte budget; parents are touched after their children, so a parent outlives its children.
+prompt block by block from its first token. A call's shared prefix is also kept whole, keyed by
+its exact tokens: it is always encoded in one pass, so its KV is the same bits whether it comes
+from memory or is encoded afresh (a resumed process encodes it afresh). Least recently used
+entries (leaf blocks, whole prefixes) are evicted beyond the byte budget; parents are touched after
+their children, so a parent outlives its children.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 BLOCK = 16  # tokens per entry: a lookup reuses whole blocks only
 
 
 @dataclass
 class _Node:
-    key: tuple[int, tuple[int, ...]]
-    kv: Any  # [layers, 2, n_kv, BLOCK, head_dim]
+    key: Optional[tuple[int, tuple[int, ...]]]  # (parent, block tokens); None for a whole prefix
+    kv: Any  # [layers, 2, n_kv, tokens, head_dim]
     children: int = 0
+    exact: Optional[tuple[int, ...]] = None  # a whole prefix's tokens
 
 
 @dataclass
@@ -30,6 +34,7 @@ class KVStore:
     budget_bytes: int
     nodes: "OrderedDict[int, _Node]" = field(default_factory=OrderedDict)  # LRU order, oldest first
     index: dict[tuple[int, tuple[int, ...]], int] = field(default_factory=dict)
+    prefixes: dict[tuple[int, ...], int] = field(default_factory=dict)  # exact tokens -> node
     used_bytes: int = 0
     hit_tokens: int = 0  # prompt tokens served from the store (a statistic for benchmarks)
     _next_id: int = 1  # node 0 is the empty prefix
@@ -56,6 +61,21 @@ class KVStore:
         self.hit_tokens += len(chain) * BLOCK - start
         return kv[:, :, :, start - first * BLOCK :]
 
+    def get_prefix(self, ids: list[int]) -> Any:
+        """The stored KV of exactly these tokens, or None."""
+        nid = self.prefixes.get(tuple(ids))
+        if nid is None:
+            return None
+        self.nodes.move_to_end(nid)
+        self.hit_tokens += len(ids)
+        return self.nodes[nid].kv
+
+    def put_prefix(self, ids: list[int], kv: Any) -> None:
+        if self.budget_bytes <= 0 or tuple(ids) in self.prefixes:
+            return
+        self.prefixes[tuple(ids)] = self._add(_Node(None, kv, exact=tuple(ids)))
+        self._evict()
+
     def insert(self, ids: list[int], kv_of: Callable[[int, int], Any]) -> None:
         """Store every whole block of `ids`; `kv_of(a, b)` gives the KV of tokens [a, b) for the missing ones."""
         if self.budget_bytes <= 0:
@@ -69,14 +89,10 @@ class KVStore:
         parent = chain[-1] if chain else 0
         for a in range(start, end, BLOCK):
             key = (parent, tuple(ids[a : a + BLOCK]))
-            node = _Node(key, kv[:, :, :, a - start : a - start + BLOCK].clone())
-            nid = self._next_id
-            self._next_id += 1
-            self.nodes[nid] = node
+            nid = self._add(_Node(key, kv[:, :, :, a - start : a - start + BLOCK].clone()))
             self.index[key] = nid
             if parent:
                 self.nodes[parent].children += 1
-            self.used_bytes += node.kv.numel() * node.kv.element_size()
             chain.append(nid)
             parent = nid
         self._touch(chain)
@@ -85,7 +101,15 @@ class KVStore:
     def clear(self) -> None:
         self.nodes.clear()
         self.index.clear()
+        self.prefixes.clear()
         self.used_bytes = 0
+
+    def _add(self, node: _Node) -> int:
+        nid = self._next_id
+        self._next_id += 1
+        self.nodes[nid] = node
+        self.used_bytes += node.kv.numel() * node.kv.element_size()
+        return nid
 
     def _touch(self, chain: list[int]) -> None:
         for nid in reversed(chain):  # deepest first: the root-most block ends up most recent
@@ -95,7 +119,10 @@ class KVStore:
         while self.used_bytes > self.budget_bytes and self.nodes:
             victim = next(nid for nid, node in self.nodes.items() if node.children == 0)  # a trie has a leaf
             node = self.nodes.pop(victim)
-            del self.index[node.key]
-            if node.key[0]:
-                self.nodes[node.key[0]].children -= 1
+            if node.exact is not None:
+                del self.prefixes[node.exact]
+            else:
+                del self.index[node.key]
+                if node.key[0]:
+                    self.nodes[node.key[0]].children -= 1
             self.used_bytes -= node.kv.numel() * node.kv.element_size()

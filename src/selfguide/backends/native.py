@@ -189,18 +189,16 @@ class NativeBackend(HFBackend):
         return texts
 
     def _encode_prefix(self, prefix_ids: list[int]) -> Any:
-        """KV [layers, 2, n_kv, P, d] of the call's shared prefix: from the store as far as it has it."""
-        import torch
-
-        chain = self.store.match(prefix_ids, len(prefix_ids)) if self.store else []
-        done = len(chain) * BLOCK
-        cached = self.store.gather(chain, 0) if done else None
-        if done == len(prefix_ids):
+        """KV [layers, 2, n_kv, P, d] of the call's shared prefix, always from one whole pass
+        (stored or afresh: the same bits either way), so calls that share only this prefix give
+        the same text after a resume as without one."""
+        cached = self.store.get_prefix(prefix_ids) if self.store else None
+        if cached is not None:
             return cached
-        kv, _ = self.decoder.prefill([prefix_ids[done:]], _per_layer(cached) if done else None, done)
-        own = _stack_rows(kv, 0, len(prefix_ids) - done)
-        full = torch.cat([cached, own], 3) if done else own
+        kv, _ = self.decoder.prefill([prefix_ids], None, 0)
+        full = _stack_rows(kv, 0, len(prefix_ids))
         if self.store:
+            self.store.put_prefix(prefix_ids, full)
             self.store.insert(prefix_ids, lambda a, b: full[:, :, :, a:b])
         return full
 
