@@ -296,6 +296,8 @@ def render(meta: dict, results: dict, analysis: dict, new_tokens: int) -> str:
              f"- prompts: {meta['task']}; input-generation prompts as the generate stage renders them "
              f"(mean {next(iter(results.values()))['prompt_tokens_mean'] if results else '?'} tokens), task prompts as annotate/evaluate render them",
              "- transformers and native run bf16 weights; llama.cpp runs the embedded model's own Q4_1 GGUF (its fastest format here)",
+             "- native runs without its cross-call KV store here (`model.prefix_cache_mb=0`): these calls repeat the same prompts, "
+             "which it would serve from memory; the store's effect on a real stage is in end-to-end.md",
              "", "## Throughput (exactly 64 new tokens per sequence, T=1.0, top-k 40)", "",
              "| engine | " + " | ".join(f"batch {r['batch']} gen tok/s" for r in next(iter(results.values()))["throughput"]) +
              " | prefill tok/s (batch 32) | annotate 16x10 tok/s | peak RSS GB |",
