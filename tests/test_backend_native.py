@@ -45,6 +45,36 @@ def test_decoder_matches_transformers_logits(lively_model):
                 assert torch.allclose(logits[0], ref[t], atol=1e-4) and torch.equal(logits[0], logits[1])
 
 
+def test_blocked_weights_give_plain_linear_bits_in_bf16(lively_model):
+    """Where oneDNN's blocked bf16 weights are used (CPUs with native bf16), a prefill and decode
+    steps give exactly the logits of the same decoder with plain F.linear."""
+    import torch
+
+    from selfguide.backends.native_llama import LlamaDecoder, can_pack
+
+    if not can_pack(torch.bfloat16, torch.device("cpu")):
+        pytest.skip("no bit-identical blocked bf16 linear on this CPU/torch")
+    nat = get_backend("native", model=str(lively_model), dtype="bfloat16")
+    packed = nat.decoder
+    assert packed.packed
+    plain = LlamaDecoder(nat.model, pack=False)
+    ids = torch.randint(5, 390, (3, 30), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.inference_mode():
+        results = []
+        for dec in (packed, plain):
+            dec.rope_table(64)
+            kv, last = dec.prefill(ids, None, 0)
+            cache = [(k.clone(), v.clone()) for k, v in kv]
+            steps = [last]
+            for t in range(4):
+                cache = [(torch.cat([K, torch.zeros_like(K[:, :, :1])], 2), torch.cat([V, torch.zeros_like(V[:, :, :1])], 2))
+                         for K, V in cache]
+                steps.append(dec.decode(steps[-1].argmax(-1), torch.full((3,), 30 + t), None, 0, cache))
+            results.append(steps)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 32])
 def test_greedy_text_equals_hf_for_any_batch_size(lively_model, batch_size):
     hf = get_backend("hf", model=str(lively_model), dtype="float32", batch_size=4, prefix_cache=False)
@@ -87,6 +117,24 @@ def test_sampler_filters():
     assert set(_sample(logits, False, 1.0, 0, 0.5, gen).tolist()) == {3}  # top-p: 3 alone holds 64%
     assert set(_sample(logits, False, 1.0, 0, 1.0, gen).tolist()) == {0, 1, 2, 3}
     assert _sample(logits, True, 0.0, 0, 1.0, gen).tolist() == [3] * 400
+
+
+@pytest.mark.parametrize("tied", [10, 150])  # fewer ties than TIE_MARGIN, and more (full sort)
+def test_top_k_keeps_tokens_tied_with_the_kth(tied):
+    """Top-k keeps every token whose logit equals the k-th largest, as masking `logits < kth` over
+    the whole vocabulary does, and nothing below it."""
+    import torch
+
+    from selfguide.backends.native import TIE_MARGIN, _sample
+
+    logits = torch.zeros(1, 300)
+    logits[0, 7] = 4.0
+    logits[0, 100 : 100 + tied] = 1.0
+    logits[0, 290] = 0.5  # just below the tie: never drawn
+    draws = set(_sample(logits.repeat(3000, 1), False, 1.0, 2, 1.0, torch.Generator().manual_seed(1)).tolist())
+    allowed = {7, *range(100, 100 + tied)}
+    assert draws <= allowed and 7 in draws
+    assert len(draws) > (tied * 0.9 if tied < TIE_MARGIN else TIE_MARGIN + 2)
 
 
 def test_end_of_turn_never_leaks(lively_model):

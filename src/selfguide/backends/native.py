@@ -261,16 +261,28 @@ PREFILL_TOKENS = 2048  # padded tokens per batched prompt encoding; larger batch
 MIN_FILL = 0.75
 
 
+# Candidates kept past the k-th largest logit, so that tokens tied with it (bf16 logits tie often)
+# stay in the top-k set; more ties than this fall back to sorting the whole vocabulary.
+TIE_MARGIN = 64
+
+
 def _sample(logits: Any, greedy: bool, temperature: float, top_k: int, top_p: float, generator: Any) -> Any:
-    """Next tokens [A] from logits [A, vocab] (float32): greedy, or temperature -> top-k -> top-p -> draw."""
+    """Next tokens [A] from logits [A, vocab] (float32): greedy, or temperature -> top-k -> top-p -> draw.
+    With top-k only the top k + TIE_MARGIN candidates are softmaxed and drawn from: the same
+    allowed set and distribution, at ~1/20 the cost of a full-vocabulary multinomial."""
     import torch
 
     if greedy:
         return logits.argmax(-1)
     logits = logits / temperature
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    vocab = logits.shape[-1]
+    ids = None
+    if top_k and top_k < vocab:
+        vals, ids = torch.topk(logits, min(vocab, top_k + TIE_MARGIN), dim=-1)
+        kth = vals[:, top_k - 1 : top_k]
+        if vals.shape[-1] < vocab and bool((vals[:, -1:] >= kth).any()):
+            vals, ids = torch.sort(logits, descending=True, dim=-1)
+        logits = vals.masked_fill(vals < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
         cum = torch.softmax(sorted_logits, -1).cumsum(-1)
@@ -278,5 +290,5 @@ def _sample(logits: Any, greedy: bool, temperature: float, top_k: int, top_p: fl
         drop_sorted[:, -1] = False  # always keep the most likely token
         drop = drop_sorted.scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, -1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    choice = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+    return choice if ids is None else ids.gather(1, choice[:, None])[:, 0]
