@@ -1,6 +1,7 @@
 """One full `selfguide run` per backend on the same task, timed end to end, stage by stage.
 
 Run:  .venv/bin/python bench/end_to_end.py TASK_FILE [--backends native,hf] [--quick] [--set k=v ...]
+      .venv/bin/python bench/end_to_end.py TASK_FILE --render   (re-write the .md from the .json)
 Writes docs/benchmarks/end-to-end.{md,json}. Each backend gets a fresh run name
 (e2e-<backend>[-quick]) so nothing is reused between them, runs in its own process (peak RSS),
 and nothing else may run meanwhile (2 cores). Stage seconds come from the stages' manifests.
@@ -32,10 +33,13 @@ def main() -> None:
     ap.add_argument("--run-dir", default=str(ROOT / "runs"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "end-to-end"))
     ap.add_argument("--label", default=None, help="row name (default: the backend); rows of earlier runs in --out are kept")
+    ap.add_argument("--render", action="store_true", help="re-write the .md from the saved .json (no runs)")
     args = ap.parse_args()
     selfguide = str(Path(sys.executable).with_name("selfguide"))
     saved = Path(args.out).with_suffix(".json")
     rows = json.loads(saved.read_text())["runs"] if saved.exists() else {}
+    if args.render:
+        return write(args, rows, json.loads(saved.read_text())["meta"])
     for backend in args.backends.split(","):
         label = args.label or backend
         name = f"e2e-{label}" + ("-quick" if args.quick else "")
@@ -45,6 +49,7 @@ def main() -> None:
         for o in args.overrides:
             cmd += ["--set", o]
         print("$", " ".join(cmd), flush=True)
+        started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env={**os.environ, "CI": "1"})
         wall = time.perf_counter() - t0
@@ -58,7 +63,8 @@ def main() -> None:
                 stages[stage] = round(json.loads(m.read_text())["seconds"], 1)
         verdict = json.loads((task_dir / "verdict.json").read_text())
         rows[label] = {"wall_s": round(wall, 1), "stages": stages, "verdict": verdict.get("sentence", ""), "backend": backend,
-                       "overrides": args.overrides, "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)}
+                       "overrides": args.overrides, "started": started,
+                       "command": "python bench/end_to_end.py " + " ".join(sys.argv[1:]), "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)}
         print(label, rows[label], flush=True)
     for label, row in rows.items():  # rows written before this field existed
         row.setdefault("train_pairs", trained_on(Path(args.run_dir) / (f"e2e-{label}" + ("-quick" if args.quick else ""))))
@@ -71,17 +77,18 @@ def trained_on(run: Path) -> int | None:
     return json.loads(manifest.read_text())["counts"]["trained_on"] if manifest else None
 
 
-def write(args: argparse.Namespace, rows: dict) -> None:
-    import torch
-    import transformers
-
+def write(args: argparse.Namespace, rows: dict, meta: dict | None = None) -> None:
     out = Path(args.out)
-    meta = {"command": "python bench/end_to_end.py " + " ".join(sys.argv[1:]), "task": Path(args.task).name,
-            "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU",
-            "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
+    if meta is None:
+        import torch
+        import transformers
+
+        meta = {"task": Path(args.task).name,
+                "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU",
+                "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
     names = list(rows)
-    lines = ["# End to end: one `selfguide run` per backend", "", f"Command: `{meta['command']}`", "",
+    lines = ["# End to end: one `selfguide run` per backend", "",
              f"- task: {meta['task']}; settings: {'the --quick preset' if args.quick else 'the paper settings (defaults)'}"
              + (f", overrides {args.overrides}" if args.overrides else ""),
              f"- machine: {meta['machine']}; {meta['versions']}",
@@ -101,8 +108,12 @@ def write(args: argparse.Namespace, rows: dict) -> None:
     lines.append("| whole run without the train stage | " + " | ".join(cells) + " |")
     lines.append("| pairs trained on (sets the train stage's length) | "
                  + " | ".join(str(rows[b].get("train_pairs", "-")) for b in names) + " |")
-    lines += [""] + [f"- {b} (`--backend {rows[b].get('backend', b)}`{' ' + ' '.join('--set ' + o for o in rows[b].get('overrides', [])) if rows[b].get('overrides') else ''}): "
-                     f"{rows[b]['verdict']}" for b in names] + [""]
+    lines += ["", "Runs, in the order they were made (compare runs made back to back: this machine's speed drifts):", ""]
+    for b in sorted(names, key=lambda b: rows[b].get("started", "")):
+        r = rows[b]
+        lines.append(f"- {b}: started {r.get('started', '?')}, `{r.get('command', '?')}` -> `selfguide run --backend {r.get('backend', b)}"
+                     + "".join(f" --set {o}" for o in r.get("overrides", [])) + f"`; {r['verdict']}")
+    lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {out}.md")
 

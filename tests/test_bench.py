@@ -104,8 +104,11 @@ def test_end_to_end_table_compares_backends_with_and_without_training(tmp_path, 
     manifest.write_text(json.dumps({"counts": {"trained_on": 8}}))
     assert e2e.trained_on(tmp_path / "runs" / "e2e-hf") == 8 and e2e.trained_on(tmp_path / "runs" / "e2e-x") is None
     rows = {
-        "native": {"wall_s": 300.0, "stages": {"generate": 200.0, "train": 50.0}, "verdict": "v1", "train_pairs": 14},
-        "hf": {"wall_s": 450.0, "stages": {"generate": 300.0, "train": 50.0}, "verdict": "v2", "train_pairs": 8},
+        "native": {"wall_s": 300.0, "stages": {"generate": 200.0, "train": 50.0}, "verdict": "v1", "train_pairs": 14,
+                   "started": "2026-11-21 22:40 UTC", "command": "python bench/end_to_end.py t --label native"},
+        "hf": {"wall_s": 450.0, "stages": {"generate": 300.0, "train": 50.0}, "verdict": "v2", "train_pairs": 8,
+               "started": "2026-11-21 22:30 UTC", "command": "python bench/end_to_end.py t --backends hf",
+               "overrides": ["model.prefix_cache=false"]},
     }
     args = argparse.Namespace(out=str(tmp_path / "e2e"), task="task937.json", quick=False, overrides=[])
     e2e.write(args, rows)
@@ -114,3 +117,9 @@ def test_end_to_end_table_compares_backends_with_and_without_training(tmp_path, 
     assert "| **whole run (wall clock, incl. model loading)** | **300.0** | **450.0** **(1.50x)** |" in table
     assert "| whole run without the train stage | 250.0 | 400.0 (1.60x) |" in table
     assert "| pairs trained on (sets the train stage's length) | 14 | 8 |" in table
+    # the runs are listed in the order they were made, each with its command
+    assert table.index("- hf: started 2026-11-21 22:30 UTC") < table.index("- native: started 2026-11-21 22:40 UTC")
+    assert "`selfguide run --backend hf --set model.prefix_cache=false`; v2" in table
+    (tmp_path / "e2e.md").unlink()
+    e2e.write(args, rows, json.loads((tmp_path / "e2e.json").read_text())["meta"])  # --render
+    assert (tmp_path / "e2e.md").read_text() == table
