@@ -55,7 +55,15 @@ def deltas(run: dict) -> dict[str, tuple[str, float, int]]:
     return {r["task"]: (r["kind"], r["delta"]["value"], r.get("pairs", 0)) for r in run["tasks"] if r.get("delta")}
 
 
-def compare(arms: list[tuple[str, list[dict]]], only_dev: bool) -> str:
+def compare(arms: list[tuple[str, list[dict]]], only_dev: bool, allow_mixed: bool = False) -> str:
+    from selfguide.bench import check_one_version, numerics_versions
+    from selfguide.errors import UserInputError
+
+    rows = [r for _, runs in arms for run in runs for r in run["tasks"]]
+    try:
+        check_one_version(rows, "compare_arms", allow_mixed)
+    except UserInputError as exc:
+        sys.exit(str(exc))
     per_run = [[deltas(run) for run in runs] for _, runs in arms]
     common = set.intersection(*(set(d) for runs in per_run for d in runs))
     if only_dev:
@@ -80,6 +88,9 @@ def compare(arms: list[tuple[str, list[dict]]], only_dev: bool) -> str:
                 f"| {len(tasks)} | {statistics.fmean(seed_means):+.2f} | {min(seed_means):+.2f}..{max(seed_means):+.2f} "
                 f"| {sum(m > 0 for m in task_means)} | {pairs:.0f} |"
             )
+    lines += ["", "Numerics version(s) of the rows: " + ", ".join(map(str, numerics_versions(rows)))
+              + (" (MIXED: rows made by code with other numerics, tabulated with --allow-mixed-versions)"
+                 if len(numerics_versions(rows)) > 1 else "")]
     names = [name for name, _ in arms]
     lines += ["", "Per task (delta, mean over seeds):", "", "| task | kind | dev | " + " | ".join(names) + " |",
               "|---|---|---|" + "---:|" * len(names)]
@@ -94,8 +105,10 @@ def main() -> None:
     ap.add_argument("--arm", action="append", required=True, metavar="NAME=FILE[,FILE...]")
     ap.add_argument("--dev-only", action="store_true", help="only the development tasks (never tune on held-out ones)")
     ap.add_argument("--out", type=Path, help="also write the tables here")
+    ap.add_argument("--allow-mixed-versions", action="store_true",
+                    help="tabulate rows made with different numerics versions (the table says so)")
     args = ap.parse_args()
-    text = compare([load_arm(a) for a in args.arm], args.dev_only)
+    text = compare([load_arm(a) for a in args.arm], args.dev_only, args.allow_mixed_versions)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

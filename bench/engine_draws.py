@@ -49,7 +49,7 @@ def main() -> None:
         for seed in range(args.seeds):
             outs = backend.generate(rendered, n=args.n, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                     max_new_tokens=s.max_new_tokens, stop=prompts.INPUT_STOP, seed=1000 + seed)
-            texts += [prompts.parse_generated_input(x) for samples in outs for x in samples]
+            texts += [prompts.parse_generated_input(x.text) for samples in outs for x in samples]
         backend.close()
         slots = sum(has_placeholder(t) for t in texts)
         empty = sum(not t.strip() for t in texts)

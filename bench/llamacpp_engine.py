@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from selfguide.backends.base import Completion
+
 
 class LlamaCppEngine:
     name = "llama.cpp"
@@ -68,9 +70,10 @@ class LlamaCppEngine:
         return self._logits(len(toks) - 1 - (len(toks) - 1) // 512 * 512) if toks else None
 
     def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 max_new_tokens: int = 64, stop: Sequence[str] = (), seed: int = 0) -> list[list[str]]:
+                 max_new_tokens: int = 64, stop: Sequence[str] = (), seed: int = 0) -> list[list[Completion]]:
         """Like selfguide's engines: the prefix all prompts share is encoded once and copied to every
         sequence (llama_memory_seq_cp); each prompt's own part once, copied to its n samples."""
+        from selfguide.backends.base import finish_text
         from selfguide.backends.hf import shared_prefix_len
 
         rng = np.random.default_rng(seed)
@@ -78,7 +81,7 @@ class LlamaCppEngine:
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         P = shared_prefix_len(ids)
         mem = self.ll.llama_get_memory(self.ctx)
-        texts: list[str] = []
+        texts: list[Completion] = []
         for start in range(0, len(jobs), self.batch_size):
             group = jobs[start : start + self.batch_size]
             self.ll.llama_memory_clear(mem, True)
@@ -107,9 +110,10 @@ class LlamaCppEngine:
                     pos[s] += 1
                     out[s].append(self._sample(self._logits(i), temperature, top_k, rng))
             for s in range(len(group)):
+                ended = bool(out[s]) and out[s][-1] in self.end_ids
                 toks = [t for t in out[s] if t not in self.end_ids]
-                texts.append(self.tokenizer.decode(toks, skip_special_tokens=True))
-        result: list[list[str]] = [[] for _ in prompts]
+                texts.append(finish_text(self.tokenizer.decode(toks, skip_special_tokens=True), stop, ended))
+        result: list[list[Completion]] = [[] for _ in prompts]
         for p, t in zip(jobs, texts):
             result[p].append(t)
         return result

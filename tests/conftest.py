@@ -3,6 +3,7 @@ hermetic model cache, and a network guard (selfguide must never reach the networ
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from pathlib import Path
@@ -14,6 +15,10 @@ DATA = ROOT / "tests" / "data"
 NIV2 = DATA / "niv2"
 EXAMPLE = ROOT / "examples" / "scitail.yaml"
 SHARED_NIV2 = ROOT.parent / "shared" / "niv2"
+NETGUARD_DIR = ROOT / "tests" / "netguard"
+_spec = importlib.util.spec_from_file_location("selfguide_netguard", NETGUARD_DIR / "sitecustomize.py")
+netguard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(netguard)
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -23,19 +28,14 @@ CHATML = (
 
 @pytest.fixture(autouse=True)
 def _hermetic(monkeypatch, tmp_path_factory):
-    """No hub access, no network, and a model cache that is not the user's."""
+    """No hub access, no network (in this process and in every Python child), and a model cache
+    that is not the user's."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("SELFGUIDE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "model-cache"))
-
-    real_connect = socket.socket.connect
-
-    def guarded(self, address):  # type: ignore[no-untyped-def]
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            raise AssertionError(f"network access attempted: {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+    monkeypatch.setenv("SELFGUIDE_NO_NETWORK", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(NETGUARD_DIR), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setattr(socket.socket, "connect", netguard.guard(socket.socket.connect))
 
 
 def build_tiny_model(path: Path, seed: int = 0) -> Path:
@@ -90,19 +90,22 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def lively_model(tiny_model, tmp_path_factory) -> Path:
+def build_lively_model(tiny: Path, out: Path) -> Path:
     """The tiny model with larger weights: varied greedy text (std 0.02 repeats one token), so
     comparisons between engines can fail."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.35)
-    out = tmp_path_factory.mktemp("lively")
     model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(tiny_model)).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(tiny)).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def lively_model(tiny_model, tmp_path_factory) -> Path:
+    return build_lively_model(tiny_model, tmp_path_factory.mktemp("lively"))

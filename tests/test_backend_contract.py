@@ -1,5 +1,7 @@
 """The generate() contract, for every backend this machine can run (vllm needs vllm + a CUDA GPU
-and skips otherwise): output shape, seeds, greedy copies, stop strings, end-of-turn never leaks."""
+and skips otherwise): output shape, seeds, greedy copies, stop strings, end-of-turn never leaks,
+and why each completion ended (end of turn / stop string vs the token limit). On the tiny model
+with varied output, so that comparisons can fail."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import importlib.util
 import pytest
 
 from selfguide.backends import get_backend
+from selfguide.backends.base import LENGTH, STOP, Completion
 
 
 def _available(name: str) -> bool:
@@ -21,10 +24,10 @@ def _available(name: str) -> bool:
 
 
 @pytest.fixture(scope="module", params=["hf", "native", "vllm"])
-def backend(request, tiny_model):
+def backend(request, lively_model):
     if not _available(request.param):
         pytest.skip(f"{request.param}: not available here (needs vllm and a CUDA GPU)")
-    b = get_backend(request.param, model=str(tiny_model), dtype="float32", batch_size=4)
+    b = get_backend(request.param, model=str(lively_model), dtype="float32", batch_size=4)
     yield b
     b.close()
 
@@ -35,7 +38,7 @@ PROMPTS = ["Premise: the cat", "Hypothesis: a much longer prompt about the liver
 def test_shape_and_seeds(backend):
     rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
     a = backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=8, seed=5)
-    assert [len(x) for x in a] == [3, 3, 3] and all(isinstance(t, str) for x in a for t in x)
+    assert [len(x) for x in a] == [3, 3, 3] and all(isinstance(t, Completion) for x in a for t in x)
     assert a == backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=8, seed=5)
     assert a != backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=8, seed=6)
     greedy = backend.generate(rendered, n=2, max_new_tokens=6)
@@ -45,11 +48,26 @@ def test_shape_and_seeds(backend):
 
 def test_stops_and_end_tokens(backend):
     rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
-    free = [x[0] for x in backend.generate(rendered, max_new_tokens=16)]
+    free = [x[0].text for x in backend.generate(rendered, max_new_tokens=16)]
     assert not any("<|im_end|>" in t or "<|endoftext|>" in t for t in free)
     stops = tuple({t[1:3] for t in free if len(t) > 4})
-    for text in [x[0] for x in backend.generate(rendered, max_new_tokens=16, stop=stops)]:
+    for text in [x[0].text for x in backend.generate(rendered, max_new_tokens=16, stop=stops)]:
         assert not any(s in text for s in stops)
+
+
+def test_finish_reasons(backend):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    free = [x[0] for x in backend.generate(rendered, max_new_tokens=16)]
+    short = [x[0] for x in backend.generate(rendered, max_new_tokens=2)]
+    for long_, cut in zip(free, short):
+        assert long_.finish in (STOP, LENGTH) and cut.finish in (STOP, LENGTH)
+        if cut.finish == STOP:  # it ended within 2 tokens, so the longer budget ends it the same way
+            assert long_ == cut
+    assert any(c.finish == LENGTH for c in short)
+    texts = [c.text for c in free if c.finish == LENGTH and len(c.text) > 6]
+    if texts:  # a stop string found in the text ends it as STOP, with the string cut off
+        stopped = backend.generate(rendered, max_new_tokens=16, stop=(texts[0][3:6],))
+        assert any(x[0].finish == STOP and len(x[0].text) < len(texts[0]) for x in stopped)
 
 
 def test_identity_names_the_engine(backend):

@@ -16,10 +16,20 @@ def backend(tiny_model):
 PROMPTS = ["Premise: the cat", "Hypothesis: a much longer prompt about the liver and petals", "x", "Lyme disease is caused by"]
 
 
-def test_batched_equals_unbatched_greedy(backend, tiny_model):
-    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
-    batched = backend.generate(rendered, max_new_tokens=12)
-    one = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=1, prefix_cache=False)
+def assert_diverse(outs):
+    """Greedy texts that differ between prompts and are not one repeated token: a comparison of
+    two code paths on such texts can fail (the std-0.02 tiny model repeats one token everywhere)."""
+    texts = [o[0].text for o in outs]
+    assert len(set(texts)) >= max(2, len(texts) // 2), texts
+    assert all(len(set(t)) > 3 for t in texts if t), texts
+
+
+def test_batched_equals_unbatched_greedy(lively_model):
+    wide = get_backend("hf", model=str(lively_model), dtype="float32", batch_size=4, prefix_cache=False)
+    rendered = [wide.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    batched = wide.generate(rendered, max_new_tokens=12)
+    assert_diverse(batched)
+    one = get_backend("hf", model=str(lively_model), dtype="float32", batch_size=1, prefix_cache=False)
     single = one.generate(rendered, max_new_tokens=12)
     assert batched == single
     assert all(len(x) == 1 for x in batched)
@@ -32,7 +42,7 @@ def test_seeded_sampling_is_reproducible(backend):
     c = backend.generate(rendered, n=3, temperature=1.0, top_k=50, max_new_tokens=10, seed=6)
     assert a == b and a != c
     assert [len(x) for x in a] == [3, 3]
-    assert len(set(a[0])) > 1  # samples differ from each other
+    assert len({c.text for c in a[0]}) > 1  # samples differ from each other
 
 
 def test_greedy_n_copies(backend):
@@ -43,12 +53,12 @@ def test_greedy_n_copies(backend):
 def test_stop_strings_and_no_end_token_leak(backend):
     rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
     free = backend.generate(rendered, max_new_tokens=20)
-    for text in [t[0] for t in free]:
+    for text in [t[0].text for t in free]:
         assert "<|im_end|>" not in text and "<|endoftext|>" not in text
-    stops = [t[0][2:4] for t in free if len(t[0]) > 5]
+    stops = [t[0].text[2:4] for t in free if len(t[0].text) > 5]
     if stops:
         cut = backend.generate(rendered, max_new_tokens=20, stop=tuple(stops))
-        for text in [t[0] for t in cut]:
+        for text in [t[0].text for t in cut]:
             assert not any(s in text for s in stops)
 
 
@@ -63,7 +73,7 @@ def test_unknown_backend():
         get_backend("hff")
 
 
-def test_prefix_cache_gives_the_same_greedy_text(tiny_model):
+def test_prefix_cache_gives_the_same_greedy_text(lively_model):
     """Prompts sharing a long prefix (instruction + examples): one prefix pass, reused KV cache."""
     from conftest import EXAMPLE
     from selfguide import prompts
@@ -71,14 +81,16 @@ def test_prefix_cache_gives_the_same_greedy_text(tiny_model):
     from selfguide.task import load_task
 
     task = load_task(EXAMPLE)
-    plain = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=3, prefix_cache=False)
-    cached = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=3, prefix_cache=True)
+    plain = get_backend("hf", model=str(lively_model), dtype="float32", batch_size=3, prefix_cache=False)
+    cached = get_backend("hf", model=str(lively_model), dtype="float32", batch_size=3, prefix_cache=True)
     rendered = [plain.render(prompts.task_messages(task, it.input)) for it in task.instances[:7]]
     ids = [plain.tokenizer(p, add_special_tokens=False)["input_ids"] for p in rendered]
     assert shared_prefix_len(ids) > 100
-    assert cached.generate(rendered, max_new_tokens=10) == plain.generate(rendered, max_new_tokens=10)
+    expected = plain.generate(rendered, max_new_tokens=10)
+    assert_diverse(expected)
+    assert cached.generate(rendered, max_new_tokens=10) == expected
     free = plain.generate(rendered, max_new_tokens=12)
-    stops = tuple({t[0][1:3] for t in free if len(t[0]) > 4})
+    stops = tuple({t[0].text[1:3] for t in free if len(t[0].text) > 4})
     assert cached.generate(rendered, max_new_tokens=12, stop=stops) == plain.generate(rendered, max_new_tokens=12, stop=stops)
     a = cached.generate(rendered[:2], n=3, temperature=1.0, top_k=20, max_new_tokens=6, seed=3)
     assert [len(x) for x in a] == [3, 3] and a == cached.generate(rendered[:2], n=3, temperature=1.0, top_k=20, max_new_tokens=6, seed=3)

@@ -29,5 +29,5 @@ def test_embedded_model_generates_and_caches():
     prompt = backend.render([{"role": "user", "content": "What is the capital of France? Answer in one word."}])
     out = backend.generate([prompt, prompt], max_new_tokens=12)
     assert [len(o) for o in out] == [1, 1]
-    text = out[0][0]
+    text = out[0][0].text
     assert "Paris" in text and "<|im_end|>" not in text and "<|im_start|>" not in text

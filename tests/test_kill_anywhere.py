@@ -17,3 +17,12 @@ def test_kill_anywhere(tmp_path):
     assert not summary["problems"], summary["problems"]
     assert not summary["files_mismatched"], summary["files_mismatched"]
     assert summary["verdict_identical"]
+
+
+def test_kill_anywhere_native_synthesis(tmp_path):
+    """The native engine's synthesis (fp32, no cross-call KV store) resumes to the same bytes."""
+    kills = int(os.environ.get("SELFGUIDE_NATIVE_KILLS", "6"))
+    summary = harness.main(["--kills", str(kills), "--workdir", str(tmp_path), "--seed", "2", "--synthesis", "native"])
+    assert summary["kills_total"] == kills
+    assert not summary["problems"], summary["problems"]
+    assert not summary["files_mismatched"], summary["files_mismatched"]

@@ -17,6 +17,7 @@ from selfguide.cli import cli
 from selfguide.errors import BackendError, ModelNotFound
 from selfguide.models import resolve_model
 from selfguide.pipeline import make_context, synthesize
+from selfguide.store import read_records
 from selfguide.stages.evaluate import run_evaluate
 
 
@@ -34,11 +35,11 @@ def test_disk_full_is_one_line_and_resumable(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, records)
 
-    monkeypatch.setattr("selfguide.stages.generate.append_records", full_disk)
+    monkeypatch.setattr("selfguide.store.append_records", full_disk)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and "disk full" in result.output and "resume" in result.output
     assert "Traceback" not in result.output
-    monkeypatch.setattr("selfguide.stages.generate.append_records", real)
+    monkeypatch.setattr("selfguide.store.append_records", real)
     assert CliRunner().invoke(cli, args).exit_code == 0
     fresh = tmp_path / "fresh"
     assert CliRunner().invoke(cli, args_for(fresh)).exit_code == 0
@@ -68,12 +69,20 @@ GARBAGE = ["", "   ", "entails " * 3000, "\x00\x07", "\ufffd\ufffd", "ENTAILS!!"
 
 
 def test_garbage_predictions_are_scored(tmp_path):
+    """Each of the 7 garbage answers is given to 4 of the 28 items (greedy evaluation passes one
+    seed for every item, so the answer is chosen by the prompt's order, not by the seed)."""
     ctx = make_context(EXAMPLE, overrides=[f"run_dir={tmp_path}", "evaluate.max_items=28"], backend_factory=lambda: FakeBackend())
-    fb = FakeBackend(script=lambda prompt, i, seed: GARBAGE[seed % len(GARBAGE)])
+    order: dict[str, int] = {}
+    fb = FakeBackend(script=lambda prompt, i, seed: GARBAGE[order.setdefault(prompt, len(order)) % len(GARBAGE)])
     m = run_evaluate(ctx, "garbage", {"name": "fake"}, lambda: fb)
     res = m["results"]
     assert res["n"] == 28 and 0 <= res["scores"]["exact_match"] <= 100 and 0 <= res["valid_label_share"] <= 100
     assert sum(res["predicted_mix"].values()) == 28
+    preds = read_records(ctx.stage_dir("evaluate") / "garbage" / "predictions.jsonl")
+    assert len(order) == 28
+    assert {p["prediction"] for p in preds} == {g.strip() for g in GARBAGE[:2]} | {g.strip() for g in GARBAGE[3:]} | \
+        {" ".join(GARBAGE[2].split(" ")[: m["config"]["max_new_tokens"]]).strip()}  # the run-on answer is cut
+    assert res["cut_at_max_tokens"] == 4 and res["predicted_mix"]["neutral"] == 4
 
 
 def test_task_file_cannot_choose_paths(tmp_path):

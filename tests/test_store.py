@@ -148,3 +148,22 @@ def test_resumed_stage_counts_the_kept_work_of_earlier_invocations(tmp_path, mon
     assert third.begin(force=True) == "fresh"
     manifest = third.finish({}, now[0] - 5)
     assert manifest["seconds"] == pytest.approx(5)
+
+
+def test_unit_log_keeps_complete_units_only(tmp_path):
+    s = Stage(tmp_path / "ev", "evaluate", {}, {})
+    assert s.begin() == "fresh"
+    units = [["a", "b"], ["c", "d"], ["e"]]
+    log = s.units("records.jsonl", units)
+    assert list(log) == [0, 1, 2] and log.done_count == 0
+    log.land(0, [{"id": "a"}, {"id": "b"}])
+    with pytest.raises(SelfGuideError, match="unit 1 produced records"):
+        log.land(1, [{"id": "c"}])
+    # a crash mid-unit: the file holds unit 0, half of unit 1 and a cut line
+    with open(log.path, "a") as fh:
+        fh.write('{"id": "c"}\n{"id": "e"}\n{"id": "d", "tr')
+    again = s.units("records.jsonl", units)
+    assert list(again) == [1] and again.done_count == 3  # "e" alone is unit 2, complete
+    assert [r["id"] for r in read_records(again.path)] == ["a", "b", "e"]
+    again.land(1, [{"id": "c"}, {"id": "d"}])
+    assert list(s.units("records.jsonl", units)) == []

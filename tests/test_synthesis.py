@@ -162,12 +162,12 @@ def test_generation_task_output_filters(run_dir):
 
 
 def test_real_hf_backend_on_tiny_model(run_dir, tiny_model):
-    ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "model.dtype=float32",
+    ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "model.dtype=float32", "model.backend=hf",
                                            "generate.target_inputs=6", "generate.prompts_per_round=3", "annotate.n=2",
                                            "generate.max_new_tokens=24", "annotate.max_new_tokens=4"])
     m = synthesize(ctx)
     assert m["generate"]["counts"]["raw"] == 6
-    assert m["generate"]["inputs"]["model"]["sha256"]
+    assert m["generate"]["inputs"]["model"]["sha256"] and m["generate"]["inputs"]["model"]["engine"] == "hf"
     a = m["annotate"]["counts"]
     assert a["inputs"] == m["generate"]["counts"]["kept"] == a["pairs"] + sum(a["rejected"].values())
 
@@ -175,9 +175,10 @@ def test_real_hf_backend_on_tiny_model(run_dir, tiny_model):
 def test_hf_backend_synthesis_is_byte_identical_for_the_same_seed(tmp_path, tiny_model):
     def synth(run_dir, seed):
         ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "model.dtype=float32", f"seed={seed}",
+                                               "model.backend=hf",
                                                "generate.target_inputs=6", "generate.prompts_per_round=3", "annotate.n=3",
                                                "generate.max_new_tokens=16", "annotate.max_new_tokens=4", "generate.length_filter=false"])
-        synthesize(ctx)
+        assert synthesize(ctx)["generate"]["inputs"]["model"]["engine"] == "hf"
         return {f: (ctx.task_dir / f).read_bytes() for f in ("generate/candidates.jsonl", "annotate/annotations.jsonl")}
 
     assert synth(tmp_path / "a", 1) == synth(tmp_path / "b", 1)
@@ -199,10 +200,10 @@ def bracket_script(prompt, i, seed):
     return "entails"
 
 
-def test_placeholder_filter(run_dir, tmp_path):
+def test_placeholder_filter(run_dir, tmp_path, caplog):
     plain = synthesize(ctx_for(run_dir, backend=FakeBackend(script=bracket_script), overrides=["generate.length_filter=false"]))
     assert "placeholder" not in plain["generate"]["counts"]["rejected"]
-    assert "placeholder_filter" not in plain["generate"]["config"]["generate"]  # off = identity of older runs
+    assert plain["generate"]["config"]["resolved"]["placeholder_filter"] is False
     on = ctx_for(tmp_path / "on", backend=FakeBackend(script=bracket_script), overrides=["generate.placeholder_filter=true", "generate.length_filter=false"])
     g = synthesize(on)["generate"]
     assert g["counts"]["rejected"]["placeholder"] > 0 and g["config"]["resolved"]["placeholder_filter"] is True
@@ -213,9 +214,14 @@ def test_placeholder_filter(run_dir, tmp_path):
     task["examples"][0]["input"] = "The [n] marks a new line. " + task["examples"][0]["input"]
     bracketed = tmp_path / "bracketed.json"
     bracketed.write_text(json.dumps(task))
+    caplog.clear()
     g2 = synthesize(ctx_for(tmp_path / "b", backend=FakeBackend(script=bracket_script), task=bracketed,
                             overrides=["generate.placeholder_filter=true", "generate.length_filter=false"]))["generate"]
-    assert "placeholder" not in g2["counts"]["rejected"] and "placeholder_filter" not in g2["config"]["resolved"]
+    assert "placeholder" not in g2["counts"]["rejected"]
+    # switched off for this task, and said so: in the log and in the stage's saved settings
+    assert g2["config"]["generate"]["placeholder_filter"] is True and g2["config"]["resolved"]["placeholder_filter"] is False
+    assert g2["config"]["resolved"]["placeholder_filter_off"] == "an example input has a bracketed slot"
+    assert any("placeholder_filter is off for this task" in r.getMessage() for r in caplog.records)
 
 
 def test_reuse_from_copies_generation_for_an_annotation_ablation(tmp_path):

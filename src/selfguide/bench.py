@@ -1,7 +1,7 @@
 """`selfguide bench`: the paper's comparison over many tasks, one task at a time, resumable.
 
 Methods (each a system in the task's evaluate/ folder, reusing every finished stage):
-  prompt-0shot      base model, instruction only
+  prompt-zeroshot   base model, instruction only
   prompt-fewshot    base model, instruction + the task's examples (the paper's baseline)
   finetune-fewshot  finetuned on the few real examples only (the paper's second baseline)
   icl-synthetic     base model prompted with the examples + synthetic pairs, as many as fit ICL_PROMPT_TOKENS
@@ -21,12 +21,13 @@ from typing import Any, Optional, Sequence
 
 from selfguide.config import RunConfig
 from selfguide.errors import UserInputError
+from selfguide.identity import NUMERICS_VERSION
 from selfguide.stages.context import Context
-from selfguide.store import atomic_write_json, atomic_write_text, read_records, versions, write_records
+from selfguide.store import atomic_write_json, atomic_write_text, cpu_vector_flags, read_records, versions, write_records
 from selfguide.task import Example, load_task
 
 log = logging.getLogger(__name__)
-METHODS = ("prompt-0shot", "prompt-fewshot", "finetune-fewshot", "icl-synthetic", "selfguide")
+METHODS = ("prompt-zeroshot", "prompt-fewshot", "finetune-fewshot", "icl-synthetic", "selfguide")
 # Prompt budget of icl-synthetic on CPU: SmolLM2 reads 8k tokens, but prefill cost grows with it.
 ICL_PROMPT_TOKENS = 2048
 
@@ -84,35 +85,43 @@ def _icl_shots(ctx: Context, backend: Any, items: list[Any]) -> list[Example]:
 def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
     """Every requested method for one task; returns its result row."""
     from selfguide import pipeline
-    from selfguide.stages.evaluate import eval_items, primary_metric, run_evaluate, verdict
+    from selfguide.stages.evaluate import (base_backend_factory, base_identity, eval_items, evaluate_prompting,
+                                           evaluate_trained, primary_metric, run_evaluate, verdict)
     from selfguide.stages.train import run_train
 
     t0 = time.time()
     task = ctx.task
     results: dict[str, dict[str, Any]] = {}
     manifests: dict[str, Any] = {}
-    base_ident = pipeline.base_identity(ctx)
-    base_factory = pipeline.base_backend_factory(ctx)
-    if "prompt-0shot" in methods:
-        results["prompt-0shot"] = run_evaluate(ctx, "prompt-zeroshot", base_ident, base_factory, "zeroshot")["results"]
+    evaluations: list[dict[str, Any]] = []
+
+    def evaluated(manifest: dict[str, Any]) -> dict[str, Any]:
+        evaluations.append(manifest)
+        return manifest["results"]
+
+    if "prompt-zeroshot" in methods:
+        results["prompt-zeroshot"] = evaluated(evaluate_prompting(ctx, "zeroshot"))
     if "prompt-fewshot" in methods or "selfguide" in methods:
-        results["prompt-fewshot"] = run_evaluate(ctx, "prompt-fewshot", base_ident, base_factory, "fewshot")["results"]
+        results["prompt-fewshot"] = evaluated(evaluate_prompting(ctx, "fewshot"))
     if "selfguide" in methods or "icl-synthetic" in methods:
         manifests.update(pipeline.synthesize(ctx))
     if "icl-synthetic" in methods:
+        base_factory = base_backend_factory(ctx)
         shots = _icl_shots(ctx, base_factory(), eval_items(ctx))
-        results["icl-synthetic"] = run_evaluate(ctx, "icl-synthetic", base_ident, base_factory, shots)["results"]
+        results["icl-synthetic"] = evaluated(run_evaluate(ctx, "icl-synthetic", base_identity(ctx), base_factory, shots))
         results["icl-synthetic"]["shots"] = len(shots)
     ctx.close_backend()
     if "finetune-fewshot" in methods:
         few_ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, train=dataclasses.replace(ctx.cfg.train, batch_size=1)))
         m = run_train(few_ctx, _fewshot_pairs(ctx), "train-fewshot")
-        results["finetune-fewshot"] = pipeline.evaluate_trained(ctx, m, "finetune-fewshot")["results"]
+        results["finetune-fewshot"] = evaluated(evaluate_trained(ctx, m, "finetune-fewshot"))
     if "selfguide" in methods:
         manifests["train"] = run_train(ctx)
-        results["selfguide"] = pipeline.evaluate_trained(ctx, manifests["train"], "selfguide")["results"]
+        results["selfguide"] = evaluated(evaluate_trained(ctx, manifests["train"], "selfguide"))
     row: dict[str, Any] = {
         "task": task.id, "kind": task.kind, "primary_metric": primary_metric(ctx),
+        # the numerics version of the code that made every stage this row rests on (identity.py)
+        "numerics": sorted({m["config"]["numerics"] for m in [*evaluations, *manifests.values()]}),
         "scores": {m: r["scores"] for m, r in results.items()},
         "n_items": next(iter(results.values()))["n"] if results else 0,
         # compute time of every stage this task's row rests on, reused ones included (from their manifests)
@@ -182,11 +191,28 @@ def changed_settings(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _mean(values: list[float]) -> Optional[float]:
-    return round(sum(values) / len(values), 3)  # 3 decimals: the tables round once more, to 1 if values else None
+    """Mean to 3 decimals (the tables round once more, to 1); None for no values."""
+    return round(sum(values) / len(values), 3) if values else None
+
+
+def numerics_versions(rows: list[dict[str, Any]]) -> list[Any]:
+    """The numerics versions of the rows (a row older than the field counts as version 0)."""
+    return sorted({v for r in rows for v in r.get("numerics", [0])})
+
+
+def check_one_version(rows: list[dict[str, Any]], where: str, allow_mixed: bool = False) -> None:
+    """Refuse to put rows made by code of different numerics versions into one table."""
+    found = numerics_versions(rows)
+    if len(found) > 1 and not allow_mixed:
+        by = {v: [r["task"] for r in rows if v in r.get("numerics", [0])] for v in found}
+        detail = "; ".join(f"version {v}: {', '.join(ts[:4])}{' ...' if len(ts) > 4 else ''}" for v, ts in by.items())
+        raise UserInputError(f"{where}: rows made with different numerics versions ({detail}); re-run the older rows "
+                             "with the current code, or pass --allow-mixed-versions to tabulate them anyway (labelled)")
 
 
 def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str, str]], cfg: RunConfig,
                   model: dict[str, Any], methods: Sequence[str]) -> dict[str, Any]:
+    check_one_version(rows, str(out))
     averages: dict[str, Any] = {}
     for kind in ("classification", "generation"):
         kind_rows = [r for r in rows if r["kind"] == kind]
@@ -206,6 +232,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str,
         }
     header = {
         "model": model, "split": cfg.evaluate.split, "metric_mode": cfg.evaluate.metrics, "seed": cfg.seed,
+        "numerics_version": numerics_versions(rows) or [NUMERICS_VERSION], "cpu_flags": cpu_vector_flags(),
         "machine": {"cpu_cores": os.cpu_count(), "gpu": _gpu_name(), "platform": platform.platform()},
         "versions": versions(), "methods": list(methods), "settings": {"generate.target_inputs": cfg.generate.target_inputs,
         "annotate.n": cfg.annotate.n, "annotate.label_source": cfg.annotate.label_source, "train.method": cfg.train.method,
@@ -260,7 +287,10 @@ def _markdown(data: dict[str, Any], png: str) -> str:
         f"- model: {m['name']} (sha256 `{m['sha256'][:16]}`)",
         f"- split: `{data['split']}`; primary metric mode: {data['metric_mode']} (NIv2-official unless 'paper'); "
         f"paper-compatible scores are in the JSON; seed {data['seed']}",
-        f"- machine: {data['machine']['cpu_cores']} CPU cores, GPU: {data['machine']['gpu'] or 'none'}",
+        f"- machine: {data['machine']['cpu_cores']} CPU cores ({', '.join(data.get('cpu_flags') or ['no vector flags read'])}), "
+        f"GPU: {data['machine']['gpu'] or 'none'}",
+        "- numerics version: " + ", ".join(map(str, data.get("numerics_version", [0]))) + " (selfguide.identity.NUMERICS_VERSION of "
+        "the code that made every row)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
         "- settings: " + ", ".join(f"{k}={v}" for k, v in data["settings"].items()),
         "- changed from the defaults: " + (", ".join(f"{k}={v}" for k, v in data.get("changed_from_defaults", {}).items()) or "nothing"),

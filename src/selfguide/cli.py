@@ -220,7 +220,7 @@ def train(**opts: Any) -> None:
     from selfguide.stages.train import distributed, run_train
 
     ctx = _context(**opts)
-    rank, world = distributed()
+    rank, world, _ = distributed()
     if world == 1:
         synthesize(ctx)
         ctx.close_backend()
@@ -238,35 +238,30 @@ def train(**opts: Any) -> None:
 @cli.command()
 @run_options
 @click.option("--shots", type=click.Choice(["fewshot", "zeroshot"]), default="fewshot", help="Prompt with or without the task's examples.")
-@click.option("--finetuned", is_flag=True, help="Evaluate this run's finetuned model against the prompting baselines and print the verdict.")
+@click.option("--finetuned", is_flag=True, help="Evaluate this run's finetuned model against the prompting baselines and print the "
+              "verdict (runs synthesis and training first if they have not finished).")
 def evaluate(shots: str, finetuned: bool, **opts: Any) -> None:
     """Stage 4: greedy decoding on the task's labelled items, scored with NIv2 and paper-compatible metrics.
 
     Without --finetuned, evaluates --model (default: the config's model) with the chosen prompt.
     """
-    import json as _json
-
-    from selfguide import pipeline
-    from selfguide.models import resolve_model
-    from selfguide.stages.evaluate import run_evaluate, verdict
+    from selfguide.pipeline import synthesize
+    from selfguide.stages.evaluate import evaluate_baselines, evaluate_model, evaluate_trained, verdict
+    from selfguide.stages.train import run_train
 
     ctx = _context(**opts)
     if finetuned:
-        train_manifest = _json.loads((ctx.stage_dir("train") / "MANIFEST.json").read_text()) if (ctx.stage_dir("train") / "MANIFEST.json").exists() else None
-        if train_manifest is None:
-            raise SelfGuideError(f"no finetuned model in {ctx.stage_dir('train')}; run `selfguide train {opts['task_file']}` first")
-        pipeline.evaluate_baselines(ctx)
-        pipeline.evaluate_trained(ctx, train_manifest)
+        synthesize(ctx)  # like every stage command, runs the stages before it that have not finished
+        evaluate_baselines(ctx)
+        ctx.close_backend()
+        evaluate_trained(ctx, run_train(ctx))
         v = verdict(ctx)
         _scores_table(v)
         click.echo(v["sentence"])
         return
-    ident = resolve_model(ctx.cfg.model.name).identity()
-    system = f"model-{ident['sha256'][:8]}-{shots}"
-    manifest = run_evaluate(ctx, system, {"name": ident["name"], "sha256": ident["sha256"]},
-                            pipeline._model_factory(ctx, ctx.cfg.model.name), shots=shots)
+    system, manifest = evaluate_model(ctx, shots)
     res = manifest["results"]
-    click.echo(f"{ident['name']} on {ctx.task.id} ({res['split']}, {res['n']} items, {shots}):")
+    click.echo(f"{manifest['model']['name']} on {ctx.task.id} ({res['split']}, {res['n']} items, {shots}):")
     for metric, value in res["scores"].items():
         click.echo(f"  {metric:20} {value:6.2f}")
     if "valid_label_share" in res:
@@ -315,7 +310,7 @@ def run_cmd(quick: bool, **opts: Any) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")
 @click.option("--split", default=None, type=click.Choice(["test", "validation", "test_small", "all"]), help="Evaluation split (default test_small).")
-@click.option("--methods", default=",".join(["prompt-0shot", "prompt-fewshot", "finetune-fewshot", "icl-synthetic", "selfguide"]),
+@click.option("--methods", default=",".join(["prompt-zeroshot", "prompt-fewshot", "finetune-fewshot", "icl-synthetic", "selfguide"]),
               help="Comma-separated methods.")
 @click.option("--name", default="bench", help="Run name under the run folder.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results file stem (default docs/benchmarks/niv2-<model>).")

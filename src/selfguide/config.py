@@ -43,10 +43,10 @@ class GenerateConfig:
     max_new_tokens: Optional[int] = None  # None = derived from the examples' input lengths
     max_pool_examples: int = 10  # k earlier inputs shown as lower-quality examples, k ~ U{1..min(this, pool)}
     label_conditioned: bool = True  # classification: ask for an input whose answer is a random label
-    length_filter: bool = True  # keep inputs within mu +/- 2 sigma chars of the example inputs
+    length_filter: bool = True  # keep inputs within mu +/- 2 sigma chars of the example inputs (widened, filters.length_window)
     near_duplicate_threshold: Optional[float] = 0.85  # char 5-gram Jaccard; null disables
     noise_terms: tuple[str, ...] = ()  # extra per-task noise terms (added to the defaults)
-    placeholder_filter: bool = False  # reject inputs with bracketed slots like "[n]" (off for tasks whose examples have them)
+    placeholder_filter: bool = False  # reject inputs with bracketed slots like "[n]" (turned off, with a warning, for tasks whose examples have them)
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,10 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     split: str = "test_small"  # test | validation | test_small | all
-    max_items: Optional[int] = None  # evaluate only the first N items of the split
-    max_new_tokens: Optional[int] = None  # None = derived from the reference lengths
+    max_items: Optional[int] = None  # evaluate N evenly spaced items of the split (split files are often grouped by label)
+    max_new_tokens: Optional[int] = None  # None = derived from the labels or example outputs (never the references)
     metrics: str = "official"  # official (NIv2) | paper (paper-compatible); both are always stored
-    bootstrap: int = 1000  # paired bootstrap resamples for the verdict's CI
+    bootstrap: int = 1000  # paired bootstrap resamples for the verdict's CI (at least MIN_BOOTSTRAP)
     baselines: tuple[str, ...] = ("fewshot", "zeroshot")
 
 
@@ -114,6 +114,10 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "evaluate.split": ("test", "validation", "test_small", "all"),
     "evaluate.metrics": ("official", "paper"),
 }
+
+# A 95% percentile interval needs resamples in each 2.5% tail: fewer than 40 gives none there, so
+# the "interval" would be the extremes of a handful of draws (0 gave a zero-width one).
+MIN_BOOTSTRAP = 40
 
 # (min, max, inclusive-min) for numbers; None means unbounded on that side.
 RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
@@ -152,12 +156,13 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "train.warmup_ratio": (0, 0.99, True),
     "evaluate.max_items": (1, 10_000_000, True),
     "evaluate.max_new_tokens": (1, 8192, True),
-    "evaluate.bootstrap": (0, 1_000_000, True),
+    "evaluate.bootstrap": (MIN_BOOTSTRAP, 1_000_000, True),
 }
 
 BASELINES = ("fewshot", "zeroshot")
 
-# Settings that shrink the work so `selfguide run --quick` finishes in about ten minutes on 2 cores.
+# Settings that shrink the work so `selfguide run --quick` finishes in about 4 minutes on 2 cores
+# with AMX/AVX-512 bf16 (about 5.5 minutes on an AVX2-only CPU, fp32).
 QUICK_PRESET: dict[str, Any] = {
     "generate.target_inputs": 120,
     "annotate.n": 5,
@@ -257,6 +262,10 @@ def _validate(cfg: RunConfig, errors: list[str]) -> None:
             errors.append(f"evaluate.baselines: unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
     if "fewshot" not in cfg.evaluate.baselines:
         errors.append("evaluate.baselines must include fewshot: the verdict compares the finetuned model with it")
+    if cfg.annotate.label_source in ("conditioned", "agree") and not cfg.generate.label_conditioned:
+        errors.append(f"annotate.label_source={cfg.annotate.label_source} uses the label each input was generated for, but "
+                      "generate.label_conditioned=false generates inputs without one; set generate.label_conditioned=true "
+                      "or annotate.label_source=annotate")
     if cfg.train.epochs and cfg.train.batch_size * cfg.train.grad_accum > 100_000:
         errors.append("train.batch_size * train.grad_accum is over 100000; lower one of them")
 
@@ -271,17 +280,6 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{f.name}"] = value
     return out
-
-
-# Settings added after results were published, at the value that reproduces the older behaviour.
-# At that value they are left out of stage identities, so adding a setting never makes old results stale;
-# any other value is part of the identity as usual.
-IDENTITY_NEUTRAL: dict[str, Any] = {"placeholder_filter": False}
-
-
-def identity_dict(section: Any) -> dict[str, Any]:
-    """`to_dict` of a config section for a stage identity, without settings at their neutral value."""
-    return {k: v for k, v in to_dict(section).items() if k not in IDENTITY_NEUTRAL or v != IDENTITY_NEUTRAL[k]}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

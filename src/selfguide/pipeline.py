@@ -83,70 +83,6 @@ class RunResult:
     report: Optional[Path] = None
 
 
-def _model_factory(ctx: Context, model: str) -> Callable[[], Backend]:
-    """Lazily build (once) a backend for `model` (base or finetuned) on the run's engine."""
-    holder: dict[str, Backend] = {}
-
-    def factory() -> Backend:
-        if "b" not in holder:
-            from selfguide.backends import model_backend
-
-            holder["b"] = model_backend(ctx.cfg.model, model, eval_engine(ctx))
-        return holder["b"]
-
-    factory.holder = holder  # type: ignore[attr-defined]
-    return factory
-
-
-def eval_engine(ctx: Context) -> str:
-    """Evaluation runs the real model on the run's engine (hf when synthesis was scripted)."""
-    return "hf" if ctx.engine() == "fake" else ctx.engine()
-
-
-def base_identity(ctx: Context) -> dict[str, Any]:
-    from selfguide.models import resolve_model
-
-    ident = resolve_model(ctx.cfg.model.name).identity()
-    out = {"name": ident["name"], "sha256": ident["sha256"], "dtype": ctx.cfg.model.dtype}
-    if eval_engine(ctx) != "hf":  # other numerics; "hf" stays unnamed so earlier results remain valid
-        out["engine"] = eval_engine(ctx)
-    if ctx.cfg.model.prefix_cache:
-        out["prefix_cache"] = True
-    return out
-
-
-def base_backend_factory(ctx: Context) -> Callable[[], Backend]:
-    """The base model: the synthesis backend itself when it is the real model, else loaded once."""
-    if ctx.engine() != "fake" and ctx.backend_factory is None:
-        return ctx.backend
-    return _model_factory(ctx, ctx.cfg.model.name)
-
-
-def evaluate_baselines(ctx: Context) -> dict[str, Any]:
-    """Prompting baselines on the base model: few-shot (the paper's) and zero-shot."""
-    from selfguide.stages.evaluate import run_evaluate
-
-    ident, factory = base_identity(ctx), base_backend_factory(ctx)
-    return {f"prompt-{shots}": run_evaluate(ctx, f"prompt-{shots}", ident, factory, shots=shots) for shots in ctx.cfg.evaluate.baselines}
-
-
-def evaluate_trained(ctx: Context, train_manifest: dict[str, Any], system: str = "selfguide") -> dict[str, Any]:
-    """Evaluate a model written by a train stage, with the few-shot prompt it was trained on."""
-    from selfguide.stages.evaluate import run_evaluate
-
-    model_dir = train_manifest["model_dir"]
-    ident = {"name": f"{system}:{ctx.task.id}", "train_finished_at": train_manifest["finished_at"], "dtype": ctx.cfg.model.dtype,
-             "prefix_cache": ctx.cfg.model.prefix_cache}
-    if eval_engine(ctx) != "hf":
-        ident["engine"] = eval_engine(ctx)
-    factory = _model_factory(ctx, model_dir)
-    try:
-        return run_evaluate(ctx, system, ident, factory, shots="fewshot")
-    finally:
-        if factory.holder:  # type: ignore[attr-defined]
-            factory.holder["b"].close()  # type: ignore[attr-defined]
-
-
 def run(
     task: str | Path | TaskSpec,
     *,
@@ -168,6 +104,7 @@ def run(
 
     from selfguide.config import QUICK_PRESET
     from selfguide.report import write_report
+    from selfguide.stages.evaluate import evaluate_baselines, evaluate_trained
     from selfguide.stages.evaluate import verdict as compute_verdict
     from selfguide.stages.train import run_train, write_model_card
     from selfguide.store import atomic_write_json

@@ -7,6 +7,7 @@ trained on (method.md §6). Backends render messages with the model's own chat t
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Optional, Sequence
 
@@ -131,3 +132,22 @@ def parse_generated_input(text: str) -> str:
     if s.endswith('"') and s.count('"') % 2 == 1:
         s = s[:-1]
     return s.strip()
+
+
+def decode_budget(chars: int, label: bool = False) -> int:
+    """Tokens to allow for a completion of up to `chars` characters: the one budget heuristic.
+
+    Labels are short words (~2 characters a token, plus room for the end token); free text is
+    English at ~3.5 characters a token with slack for a closing quote, between 32 and 512 tokens.
+    """
+    if label:
+        return max(8, math.ceil(chars / 2) + 4)
+    return min(512, max(32, math.ceil(chars / 3.5) + 16))
+
+
+def answer_budget(task: TaskSpec) -> int:
+    """Tokens for one answer of `task`, from its labels or example outputs only (never from test
+    references): annotation cuts (and rejects) longer samples, so no training answer is longer,
+    and evaluation gives every system this same budget."""
+    longest = max(len(x) for x in (task.labels or [e.output for e in task.examples]))
+    return decode_budget(longest, label=True) if task.kind == "classification" else decode_budget(2 * longest)

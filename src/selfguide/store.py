@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from selfguide.config import diff_keys
 from selfguide.errors import SelfGuideError, StageStateError
@@ -125,6 +125,20 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_vector_flags() -> list[str]:
+    """The CPU's vector extensions that decide engine speed and bf16 (empty where unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    have = set(line.split(":", 1)[-1].split())
+    return [f for f in VECTOR_FLAGS if f in have]
 
 
 # Stage folders this process is writing -> their open, flock-ed lock files.
@@ -277,6 +291,16 @@ class Stage:
         log.info("%s: adopted from %s (same settings and inputs)", self.name, src)
         return True
 
+    def skip(self, task_id: str) -> dict[str, Any]:
+        """The manifest of a stage that is up to date, saying how to redo it (--force redoes only
+        stages whose identity changed, so the way to redo an unchanged one is to delete it)."""
+        log.info("%s[%s]: up to date, skipping (delete %s to redo it)", self.name, task_id, self.dir)
+        return self.manifest()  # type: ignore[return-value]
+
+    def units(self, filename: str, units: Sequence[Sequence[str]], key: str = "id") -> "UnitLog":
+        """The stage's records file, worked in units (a round, a chunk, a batch); see UnitLog."""
+        return UnitLog(self, self.dir / filename, units, key)
+
     def finish(self, counts: dict[str, Any], started: float, **extra: Any) -> dict[str, Any]:
         manifest = {
             "schema": SCHEMA,
@@ -293,3 +317,45 @@ class Stage:
         atomic_write_json(self.manifest_path, manifest)
         release_stage_lock(self.dir)
         return manifest
+
+
+class UnitLog:
+    """A records file written in whole units, each the records of known keys (unit i: `units[i]`).
+
+    Opening it keeps the records of complete units only (a unit cut short by a crash is dropped
+    and redone), iterating yields the indexes of the units still to do, in order, and `land`
+    appends one unit's records in one write and notes the time on disk. A resumed stage thus
+    writes exactly what an uninterrupted one would, without redoing or duplicating a unit.
+    """
+
+    def __init__(self, stage: Stage, path: Path, units: Sequence[Sequence[str]], key: str):
+        self.stage, self.path, self.key = stage, path, key
+        self.unit_keys = [list(u) for u in units]
+        existing = read_records(path, repair=True)
+        seen: dict[str, dict[str, Any]] = {}
+        for r in existing:
+            seen.setdefault(r[key], r)
+        self.complete = [all(k in seen for k in keys) for keys in self.unit_keys]
+        wanted = {k for keys, ok in zip(self.unit_keys, self.complete) if ok for k in keys}
+        self.records = [r for k, r in seen.items() if k in wanted]
+        if len(self.records) != len(existing):
+            log.warning("%s: dropping %d records of unfinished units", path, len(existing) - len(self.records))
+            write_records(path, self.records)
+
+    @property
+    def done_count(self) -> int:
+        return sum(len(keys) for keys, ok in zip(self.unit_keys, self.complete) if ok)
+
+    def __iter__(self) -> Iterator[int]:
+        for i, ok in enumerate(self.complete):
+            if not ok:
+                yield i
+
+    def land(self, index: int, records: list[dict[str, Any]]) -> None:
+        got = sorted(r[self.key] for r in records)
+        if got != sorted(self.unit_keys[index]):
+            raise SelfGuideError(f"{self.path}: unit {index} produced records {got[:3]}..., expected {self.unit_keys[index][:3]}...")
+        append_records(self.path, records)
+        self.stage.landed()
+        self.records.extend(records)
+        self.complete[index] = True

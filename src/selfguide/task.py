@@ -63,9 +63,27 @@ class TaskSpec:
     noise_terms: tuple[str, ...] = ()  # per-task noise terms on top of the defaults
     source: str = ""
     format: str = ""  # user | niv2 | paper_prompt
+    demo_overlap_ids: tuple[str, ...] = ()  # items the split file marks as repeating a demonstration
 
     def split_items(self, split: str) -> list[Instance]:
-        """The labelled items of a split, in split order ('all' = every instance)."""
+        """The labelled items of a split, in split order ('all' = every instance), without the
+        items that repeat a demonstration (excluded_items): the prompt would hold their answer."""
+        excluded = {i for i, _ in self.excluded_items(split)}
+        return [inst for inst in self._split(split) if inst.id not in excluded]
+
+    def excluded_items(self, split: str) -> list[tuple[str, str]]:
+        """(id, reason) of the split's items left out of evaluation."""
+        example_inputs = {e.input.strip() for e in self.examples}
+        marked = set(self.demo_overlap_ids)
+        out = []
+        for inst in self._split(split):
+            if inst.id in marked:
+                out.append((inst.id, "marked in the split file as a demonstration's input"))
+            elif inst.input.strip() in example_inputs:
+                out.append((inst.id, "same input as an example"))
+        return out
+
+    def _split(self, split: str) -> list[Instance]:
         if split == "all" or (not self.splits and split in ("test", "test_small")):
             return list(self.instances)
         ids = self.splits.get(split)
@@ -351,10 +369,11 @@ def _infer_labels(instances: tuple[Instance, ...], examples: tuple[Example, ...]
     return tuple(dict.fromkeys(ordered))
 
 
-def _sibling_splits(path: Path, tid: str) -> dict[str, tuple[str, ...]]:
+def _sibling_splits(path: Path, tid: str) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+    """The split id lists of `<tid>.split.json` and its `paper_demo_overlap_ids`."""
     split_file = path.parent / f"{tid}.split.json"
     if not split_file.exists():
-        return {}
+        return {}, ()
     data = _parse(split_file, _read_text(split_file))
     if not isinstance(data, dict):
         raise TaskError(f"{split_file}: must be a mapping with test/validation/test_small id lists")
@@ -366,7 +385,10 @@ def _sibling_splits(path: Path, tid: str) -> dict[str, tuple[str, ...]]:
         if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
             raise TaskError(f"{split_file}: field '{name}' must be a list of instance ids")
         out[name] = tuple(ids)
-    return out
+    overlap = data.get("paper_demo_overlap_ids") or []
+    if not isinstance(overlap, list) or not all(isinstance(x, str) for x in overlap):
+        raise TaskError(f"{split_file}: field 'paper_demo_overlap_ids' must be a list of instance ids")
+    return out, tuple(overlap)
 
 
 def _from_niv2(path: Path, data: dict[str, Any]) -> TaskSpec:
@@ -381,8 +403,9 @@ def _from_niv2(path: Path, data: dict[str, Any]) -> TaskSpec:
     instances = _niv2_instances(path, data)
     labels = _infer_labels(instances, examples)
     kind = "classification" if labels else "generation"
+    splits, overlap = _sibling_splits(path, tid)
     return TaskSpec(tid, instruction, examples, kind, labels, _metric_for(kind), instances,
-                    _sibling_splits(path, tid), (), str(path), "niv2")
+                    splits, (), str(path), "niv2", overlap)
 
 
 def _from_paper_prompt(path: Path, data: dict[str, Any]) -> TaskSpec:
@@ -398,5 +421,6 @@ def _from_paper_prompt(path: Path, data: dict[str, Any]) -> TaskSpec:
         if isinstance(sib, dict) and "Definition" in sib:
             instances = _niv2_instances(sibling, sib)
             break
+    splits, overlap = _sibling_splits(path, tid)
     return TaskSpec(tid, instruction, examples, kind, labels, _metric_for(kind), instances,
-                    _sibling_splits(path, tid), (), str(path), "paper_prompt")
+                    splits, (), str(path), "paper_prompt", overlap)

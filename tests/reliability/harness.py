@@ -1,7 +1,11 @@
 """Kill-anywhere harness: run a real pipeline in a subprocess, kill it (SIGKILL or SIGINT) at random
 moments, restart it, repeat until it finishes; then compare with an uninterrupted run.
 
-    python -m tests.reliability.harness --kills 20 [--long] [--signal both|kill|int] [--seed 0]
+    python -m tests.reliability.harness --kills 20 [--long] [--signal both|kill|int] [--seed 0] [--synthesis fake|native]
+
+--synthesis fake (default): whole runs, scripted synthesis, tiny real model for training and
+evaluation. --synthesis native: generate + annotate only, with the native engine on a tiny real
+model, fp32, cross-call KV store off (child.py says why).
 
 Checks after every kill: every JSONL file reads back (a cut last line is tolerated, a corrupt one
 is not), no duplicate ids, and a MANIFEST.json exists only for stages whose outputs are complete.
@@ -30,11 +34,13 @@ COMPARED = ["generate/candidates.jsonl", "generate/inputs.jsonl", "generate/reje
             "annotate/annotations.jsonl", "annotate/pairs.jsonl", "annotate/rejected.jsonl",
             "evaluate/prompt-fewshot/predictions.jsonl", "evaluate/prompt-zeroshot/predictions.jsonl",
             "evaluate/selfguide/predictions.jsonl", "train/metrics.jsonl"]
+SYNTHESIS_FILES = COMPARED[:6]
 
 
-def start(run_dir: Path, tiny: Path) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
-    return subprocess.Popen([sys.executable, str(HERE / "child.py"), str(TASK), str(run_dir), str(tiny)],
+def start(run_dir: Path, model: Path, mode: str = "fake") -> subprocess.Popen:
+    path = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))  # keeps the tests' network guard
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
+    return subprocess.Popen([sys.executable, str(HERE / "child.py"), str(TASK), str(run_dir), str(model), mode],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
 
 
@@ -68,11 +74,12 @@ def check_invariants(task_dir: Path) -> list[str]:
     return problems
 
 
-def build_tiny(path: Path) -> Path:
+def build_model(work: Path, mode: str) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import build_tiny_model
+    from conftest import build_lively_model, build_tiny_model
 
-    return build_tiny_model(path)
+    tiny = build_tiny_model(work / "tiny")
+    return build_lively_model(tiny, work / "lively") if mode == "native" else tiny
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -83,14 +90,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--synthesis", choices=["fake", "native"], default="fake")
     args = ap.parse_args(argv)
+    compared = SYNTHESIS_FILES if args.synthesis == "native" else COMPARED
     kills_wanted = 100 if args.long else args.kills
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="selfguide-kill-"))
-    tiny = build_tiny(work / "tiny")
+    tiny = build_model(work, args.synthesis)
 
     t0 = time.time()
-    ref = start(work / "ref", tiny)
+    ref = start(work / "ref", tiny, args.synthesis)
     out, _ = ref.communicate(timeout=900)
     assert ref.returncode == 0 and "CHILD-DONE" in out, out[-3000:]
     reference_seconds = time.time() - t0
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         task_dir = run_dir / "default" / "scitail"
         while True:
             attempts += 1
-            proc = start(run_dir, tiny)
+            proc = start(run_dir, tiny, args.synthesis)
             if sum(kills.values()) < kills_wanted:
                 time.sleep(rng.uniform(0.5, reference_seconds))
                 if proc.poll() is None:
@@ -132,12 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
             break
         if problems:
             break
-        mismatched += [f"episode {episodes}: {f}" for f in COMPARED if (ref_dir / f).read_bytes() != (task_dir / f).read_bytes()]
+        mismatched += [f"episode {episodes}: {f}" for f in compared if (ref_dir / f).read_bytes() != (task_dir / f).read_bytes()]
+        if args.synthesis == "native":
+            continue  # synthesis only: no verdict
         verdict_same = verdict_same and json.loads((ref_dir / "verdict.json").read_text())["deltas"] == json.loads((task_dir / "verdict.json").read_text())["deltas"]
 
     summary = {
         "kills": kills, "kills_total": sum(kills.values()), "restarts": attempts, "episodes": episodes, "stages_hit": stages_hit,
-        "reference_run_seconds": round(reference_seconds, 1), "files_compared": len(COMPARED),
+        "synthesis": args.synthesis, "reference_run_seconds": round(reference_seconds, 1), "files_compared": len(compared),
         "files_mismatched": mismatched, "verdict_identical": verdict_same, "problems": problems,
         "ok": not mismatched and not problems and verdict_same, "workdir": str(work),
     }

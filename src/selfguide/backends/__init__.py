@@ -48,10 +48,10 @@ def _has_cuda() -> bool:
 
 def model_backend(m: Any, model: str, engine: str) -> Backend:
     """A backend for `model` with the run's model settings (`m`: config.ModelConfig)."""
-    return get_backend(
-        engine, model=model, dtype=m.dtype, batch_size=m.batch_size, device=m.device, threads=m.threads,
-        prefix_cache=m.prefix_cache, prefix_cache_mb=m.prefix_cache_mb, tensor_parallel_size=m.tensor_parallel_size, gpu_memory_utilization=m.gpu_memory_utilization,
-    )
+    from selfguide.identity import check_engine_options, engine_options
+
+    check_engine_options(m, engine)
+    return get_backend(engine, model=model, **engine_options(m, engine))
 
 
 def get_backend(name: str, **kwargs: Any) -> Backend:

@@ -1,14 +1,31 @@
 """The backend contract every generation engine implements.
 
-`generate(prompts, n, temperature, top_k, top_p, max_new_tokens, stop, seed) -> list[list[str]]`
+`generate(prompts, n, temperature, top_k, top_p, max_new_tokens, stop, seed) -> list[list[Completion]]`
 returns n completions per prompt, in prompt order, with stop strings and end-of-turn tokens cut
-off. temperature 0 means greedy. The same call with the same seed returns the same texts.
+off, each saying why it ended: "stop" (end-of-turn token or stop string) or "length" (cut by
+max_new_tokens, so the text may be unfinished). temperature 0 means greedy. The same call with
+the same seed returns the same texts.
 Chat templating happens through `render`, so every backend sees identical prompt strings.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
+
+STOP, LENGTH = "stop", "length"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled completion and why it ended: STOP (end of turn or a stop string) or LENGTH."""
+
+    text: str
+    finish: str
+
+    @property
+    def cut(self) -> bool:
+        return self.finish == LENGTH
 
 
 class Backend(Protocol):
@@ -27,7 +44,7 @@ class Backend(Protocol):
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
         seed: int = 0,
-    ) -> list[list[str]]: ...
+    ) -> list[list[Completion]]: ...
 
     def count_tokens(self, text: str) -> int: ...
 
@@ -46,6 +63,13 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
             if pos != -1:
                 cut = min(cut, pos)
     return text[:cut]
+
+
+def finish_text(text: str, stop: Sequence[str], ended: bool) -> Completion:
+    """A decoded completion with stop strings cut off; `ended`: an end-of-turn token ended it.
+    Neither an end token nor a stop string means the token limit cut it."""
+    kept = cut_at_stop(text, stop)
+    return Completion(kept, STOP if ended or len(kept) < len(text) else LENGTH)
 
 
 def render_plain(messages: Sequence[dict[str, str]], prefill: str = "") -> str:

@@ -3,7 +3,8 @@
 By default it behaves like a tiny but well-formed model: asked for a new input it rewrites one
 of the example inputs with a few new words; asked a task prompt it answers with a label chosen
 by a hash of the input (or, for generation, the input's words reversed). Pass `script` to return
-exactly what a test needs: `script(prompt, sample_index, seed) -> str`.
+exactly what a test needs: `script(prompt, sample_index, seed) -> str`. A word counts as a token:
+a text longer than max_new_tokens words is cut there and reported as cut ("length").
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from selfguide.backends.base import cut_at_stop, render_plain
+from selfguide.backends.base import Completion, finish_text, render_plain
 
 _WORDS = (
     "river quiet market seven yellow garden teacher window ancient signal cotton morning bridge "
@@ -29,7 +30,8 @@ def _h(*parts: Any) -> int:
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, script: Optional[Callable[[str, int, int], str]] = None, delay: float = 0.0, **_: Any):
+    def __init__(self, model: str = "embedded", script: Optional[Callable[[str, int, int], str]] = None, delay: float = 0.0):
+        self.model = model  # the model it stands in for (scripted text is the same for any)
         self.script = script
         self.delay = delay  # seconds per prompt: lets tests interrupt a stage part-way
         self.calls: list[dict[str, Any]] = []
@@ -56,7 +58,7 @@ class FakeBackend:
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
         seed: int = 0,
-    ) -> list[list[str]]:
+    ) -> list[list[Completion]]:
         self.calls.append({"prompts": len(prompts), "n": n, "temperature": temperature, "seed": seed})
         if self.delay:
             time.sleep(self.delay * len(prompts))
@@ -66,7 +68,11 @@ class FakeBackend:
             for i in range(n):
                 sample_seed = seed if temperature == 0 else _h(seed, prompt, i)
                 text = self.script(prompt, i, sample_seed) if self.script else self._default(prompt, sample_seed)
-                samples.append(cut_at_stop(text, stop))
+                words = text.split(" ")
+                if len(words) > max_new_tokens:  # a word is a token here (count_tokens): the limit cuts
+                    samples.append(finish_text(" ".join(words[:max_new_tokens]), stop, ended=False))
+                else:
+                    samples.append(finish_text(text, stop, ended=True))
             out.append(samples)
         return out
 

@@ -10,7 +10,7 @@ import logging
 from typing import Any, Optional, Sequence
 
 from selfguide.backends import hf_model
-from selfguide.backends.base import cut_at_stop
+from selfguide.backends.base import Completion, finish_text
 from selfguide.errors import BackendError
 from selfguide.models import ModelRef, resolve_model
 
@@ -45,7 +45,6 @@ class HFBackend:
         threads: int = 0,
         prefix_cache: bool = True,
         model_ref: Optional[ModelRef] = None,
-        **_: Any,
     ):
         import torch
 
@@ -90,7 +89,7 @@ class HFBackend:
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
         seed: int = 0,
-    ) -> list[list[str]]:
+    ) -> list[list[Completion]]:
         greedy = temperature <= 0
         copies = 1 if greedy else n
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -99,7 +98,7 @@ class HFBackend:
         jobs = [(p, c) for p in range(len(prompts)) for c in range(copies)]
         # Longest first: similar lengths share a batch (little padding) and memory peaks early.
         order = sorted(range(len(jobs)), key=lambda j: (-len(ids[jobs[j][0]]), j))
-        texts: dict[int, str] = {}
+        texts: dict[int, Completion] = {}
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             batch = order[start : start + self.batch_size]
             outs = self._generate_batch(
@@ -107,7 +106,7 @@ class HFBackend:
                 stop, seed=seed * 1_000_003 + b,
             )
             texts.update(zip(batch, outs))
-        result: list[list[str]] = [[] for _ in prompts]
+        result: list[list[Completion]] = [[] for _ in prompts]
         for j, (p, _) in enumerate(jobs):
             result[p].append(texts[j])
         if greedy and n > 1:
@@ -126,7 +125,7 @@ class HFBackend:
     def _generate_batch(
         self, batch_ids: list[list[int]], prefix_len: int, prefix_cache: Any, greedy: bool, temperature: float,
         top_k: int, top_p: float, max_new_tokens: int, stop: Sequence[str], seed: int,
-    ) -> list[str]:
+    ) -> list[Completion]:
         import copy
 
         import torch
@@ -174,10 +173,10 @@ class HFBackend:
         new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
         texts = []
         for ids in new_tokens:
+            ended = False
             for k, tid in enumerate(ids):
                 if tid in self.end_ids:
-                    ids = ids[:k]
+                    ids, ended = ids[:k], True
                     break
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            texts.append(cut_at_stop(text, stop))
+            texts.append(finish_text(self.tokenizer.decode(ids, skip_special_tokens=True), stop, ended))
         return texts

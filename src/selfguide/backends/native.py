@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Optional, Sequence
 
 from selfguide.backends import hf_model
-from selfguide.backends.base import cut_at_stop
+from selfguide.backends.base import Completion, finish_text
 from selfguide.backends.hf import HFBackend, shared_prefix_len
 from selfguide.backends.kv_store import BLOCK, KVStore
 from selfguide.errors import BackendError
@@ -60,7 +60,7 @@ class NativeBackend(HFBackend):
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
         seed: int = 0,
-    ) -> list[list[str]]:
+    ) -> list[list[Completion]]:
         import torch
 
         if not prompts:
@@ -115,7 +115,7 @@ class NativeBackend(HFBackend):
         out: list[list[int]] = []
         lens = torch.zeros(slots, dtype=torch.long, device=dev)
         last = torch.zeros(slots, dtype=torch.long, device=dev)
-        texts: dict[tuple[int, int], str] = {}
+        texts: dict[tuple[int, int], Completion] = {}
 
         def finished(k: int) -> bool:
             toks = out[k]
@@ -132,8 +132,9 @@ class NativeBackend(HFBackend):
         def retire(done: list[int]) -> None:
             # Move the last active slot into each freed one so slots 0..A-1 stay the active ones.
             for k in sorted(done, reverse=True):
+                ended = bool(out[k]) and out[k][-1] in self.end_ids
                 toks = [t for t in out[k] if t not in self.end_ids]
-                texts[job[k]] = cut_at_stop(self.tokenizer.decode(toks, skip_special_tokens=True), stop)
+                texts[job[k]] = finish_text(self.tokenizer.decode(toks, skip_special_tokens=True), stop, ended)
                 tail = len(job) - 1
                 if k != tail:
                     n_tok = int(lens[tail])

@@ -6,7 +6,7 @@ fused (q/k/v in one matmul, gate/up in one), the shared prompt prefix's KV is st
 attended by every sequence with one matmul per KV head, and each sequence owns a pre-allocated
 KV slot that decode steps write into in place. On CPUs with native bf16, weights are also kept
 in oneDNN's blocked layout (`mkldnn_linear`): a decode step's few-row matmuls then stream them at
-~1.7x the speed of `F.linear` on plain weights (same bits).
+~1.7x the speed of `F.linear` on plain weights (same bits, checked at load on the model's own matrices).
 """
 
 from __future__ import annotations
@@ -63,23 +63,36 @@ def _reorder(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, 16)
 
 
-def can_pack(dtype: torch.dtype, device: torch.device) -> bool:
+def can_pack(weights: list[tuple[torch.Tensor, Optional[torch.Tensor]]]) -> bool:
     """Blocked weights only for bf16 on CPU, and only if this torch build gives bit-identical
-    results with them (fp32 rounds differently; the ops are torch-internal and may change)."""
-    if dtype != torch.bfloat16 or device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    results with them on the model's own matrices (every distinct linear of a layer and the output
+    head) at decode and prefill row counts (fp32 rounds differently; the ops are torch-internal
+    and may change)."""
+    w0 = weights[0][0]
+    if w0.dtype != torch.bfloat16 or w0.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     try:
         gen = torch.Generator().manual_seed(0)
-        w = torch.randn(96, 64, generator=gen).to(dtype)
-        b = torch.randn(96, generator=gen).to(dtype)
-        lin = Linear(w, b, packed=True)
-        for rows in (1, 7, 40):
-            x = torch.randn(2, rows, 64, generator=gen).to(dtype)
-            if not torch.equal(lin(x), F.linear(x, w, b)):
-                return False
+        for w, b in weights:
+            lin = Linear(w, b, packed=True)
+            for rows in (1, 7, 40):
+                x = torch.randn(1, rows, w.shape[1], generator=gen).to(w.dtype)
+                if not torch.equal(lin(x), F.linear(x, w, b)):
+                    return False
         return True
     except (RuntimeError, AttributeError):
         return False
+
+
+def _probe_weights(model: Any) -> list[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """The first layer's fused qkv, o, fused gate/up and down matrices and the output head, as
+    the decoder will use them."""
+    a, m = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    with torch.no_grad():
+        return [(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]), _cat_bias(a.q_proj, a.k_proj, a.v_proj)),
+                (a.o_proj.weight, a.o_proj.bias),
+                (torch.cat([m.gate_proj.weight, m.up_proj.weight]), _cat_bias(m.gate_proj, m.up_proj)),
+                (m.down_proj.weight, m.down_proj.bias), (model.lm_head.weight, None)]
 
 
 def _cat_bias(*linears: Any) -> Optional[torch.Tensor]:
@@ -104,7 +117,7 @@ class LlamaDecoder:
         inner = model.model
         self.embed = inner.embed_tokens.weight
         self.norm = inner.norm.weight
-        self.packed = pack and can_pack(self.embed.dtype, self.embed.device)
+        self.packed = pack and can_pack(_probe_weights(model))
         self.lm_head = Linear(model.lm_head.weight, None, self.packed)
         self.rotary = inner.rotary_emb
         self.dtype = self.embed.dtype

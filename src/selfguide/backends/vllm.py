@@ -14,7 +14,7 @@ import multiprocessing as mp
 from typing import Any, Optional, Sequence
 
 from selfguide.backends import hf_model
-from selfguide.backends.base import cut_at_stop
+from selfguide.backends.base import STOP, Completion, finish_text
 from selfguide.errors import BackendError, BackendUnavailable
 from selfguide.models import ModelRef, resolve_model
 
@@ -37,7 +37,7 @@ def _engine_loop(conn: Any, engine_args: dict[str, Any]) -> None:
             prompts, params = request
             sampling = [SamplingParams(**p) for p in params]
             outs = llm.generate(prompts, sampling, use_tqdm=False)
-            conn.send(("ok", [[c.text for c in o.outputs] for o in outs]))
+            conn.send(("ok", [[(c.text, c.finish_reason) for c in o.outputs] for o in outs]))
         except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -69,13 +69,10 @@ class VLLMBackend:
         model: str = "embedded",
         dtype: str = "auto",
         batch_size: int = 256,
-        device: str = "auto",
-        threads: int = 0,
         prefix_cache: bool = True,
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.85,
         model_ref: Optional[ModelRef] = None,
-        **_: Any,
     ):
         import importlib.util
 
@@ -126,7 +123,7 @@ class VLLMBackend:
         max_new_tokens: int = 64,
         stop: Sequence[str] = (),
         seed: int = 0,
-    ) -> list[list[str]]:
+    ) -> list[list[Completion]]:
         if not prompts:
             return []
         params = [
@@ -138,7 +135,8 @@ class VLLMBackend:
         status, result = self._conn.recv()
         if status != "ok":
             raise BackendError(f"vLLM generation failed: {result}")
-        out = [[cut_at_stop(t, stop) for t in texts] for texts in result]
+        # vLLM's finish_reason: "stop" (end token or stop string, already cut) or "length"
+        out = [[finish_text(t, stop, ended=reason == STOP) for t, reason in texts] for texts in result]
         if temperature <= 0 and n > 1:
             out = [r * n for r in out]
         return out

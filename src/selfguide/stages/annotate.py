@@ -10,31 +10,28 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections import Counter
 from typing import Any, Optional
 
 from selfguide import prompts
+from selfguide.backends.base import Completion
 from selfguide.config import to_dict
 from selfguide.filters import check_output, length_window
 from selfguide.labels import balance_classes, majority_vote, map_to_label
 from selfguide.stages import generate
 from selfguide.stages.context import Context, derive_seed
-from selfguide.store import Stage, append_records, atomic_write_json, file_hash, read_records, write_records
+from selfguide.store import Stage, atomic_write_json, file_hash, read_records, write_records
 
 log = logging.getLogger(__name__)
 STAGE = "annotate"
 
 
 def resolved_max_new_tokens(ctx: Context) -> int:
+    """The annotation budget (prompts.answer_budget unless set): samples it cuts are rejected as
+    `cut_at_max_tokens`. Evaluation uses the same budget."""
     a, task = ctx.cfg.annotate, ctx.task
-    if a.max_new_tokens:
-        return a.max_new_tokens
-    longest = max(len(x) for x in (task.labels or [e.output for e in task.examples]))
-    if task.kind == "classification":
-        return max(8, math.ceil(longest / 2) + 4)
-    return min(512, max(32, math.ceil(2 * longest / 3.5) + 16))
+    return a.max_new_tokens or prompts.answer_budget(task)
 
 
 def output_filter_on(ctx: Context) -> bool:
@@ -54,32 +51,27 @@ def sampling_key(stage: Stage) -> dict[str, Any]:
 
 
 def make_stage(ctx: Context) -> Stage:
-    config = {
-        "seed": ctx.cfg.seed,
+    settings = {
         "annotate": to_dict(ctx.cfg.annotate),
         "resolved": {"max_new_tokens": resolved_max_new_tokens(ctx), "output_length_filter": output_filter_on(ctx)},
     }
-    inputs = {
-        "task": ctx.task.fingerprint(),
-        "model": ctx.model_identity(),
-        "generate": file_hash(ctx.stage_dir(generate.STAGE) / "inputs.jsonl"),
-    }
-    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs, ctx.reuse_dir(STAGE))
+    reads = {"generate": file_hash(ctx.stage_dir(generate.STAGE) / "inputs.jsonl")}
+    return ctx.open_stage(STAGE, settings, ctx.model_identity(), reads)
 
 
-def annotate_samples(ctx: Context, samples: list[str]) -> dict[str, Any]:
+def annotate_samples(ctx: Context, samples: list[Completion]) -> dict[str, Any]:
     """Filter and vote one input's samples; returns the vote fields of its record."""
     task, a = ctx.task, ctx.cfg.annotate
     window = length_window([len(e.output) for e in task.examples]) if output_filter_on(ctx) else None
     survivors: list[str] = []
     reasons: list[Optional[str]] = []
-    for raw in samples:
-        text = raw.strip()
-        if task.labels:
-            reason = "empty" if not text else None
+    for sample in samples:
+        text = sample.text.strip()
+        if sample.cut:
+            reason: Optional[str] = "cut_at_max_tokens"  # unfinished: its label or text may be a fragment
+        elif task.labels:
             label = map_to_label(text, task.labels) if text else None
-            if label is None and reason is None:
-                reason = "off_label"
+            reason = "empty" if not text else "off_label" if label is None else None
             if label is not None:
                 survivors.append(label)
         else:
@@ -89,7 +81,7 @@ def annotate_samples(ctx: Context, samples: list[str]) -> dict[str, Any]:
         reasons.append(reason)
     vote = majority_vote(survivors, a.min_agreement)
     return {
-        "samples": samples,
+        "samples": [s.text for s in samples],
         "sample_reasons": reasons,
         "votes": vote.counts,
         "answer": vote.answer,
@@ -100,10 +92,8 @@ def annotate_samples(ctx: Context, samples: list[str]) -> dict[str, Any]:
 
 def run_annotate(ctx: Context) -> dict[str, Any]:
     stage = make_stage(ctx)
-    state = stage.begin(ctx.force, keep=("annotations.jsonl", "sampling.json"))
-    if state == "done":
-        log.info("annotate[%s]: up to date, skipping (--force to redo)", ctx.task.id)
-        return stage.manifest()  # type: ignore[return-value]
+    if stage.begin(ctx.force, keep=("annotations.jsonl", "sampling.json")) == "done":
+        return stage.skip(ctx.task.id)
     started = time.time()
     task, a = ctx.task, ctx.cfg.annotate
     inputs = read_records(ctx.stage_dir(generate.STAGE) / "inputs.jsonl")
@@ -116,22 +106,13 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
         log.info("annotate[%s]: reusing drawn samples, re-selecting pairs", task.id)
     atomic_write_json(key_path, key)
     chunks = [inputs[i : i + a.chunk_size] for i in range(0, len(inputs), a.chunk_size)]
-    existing = read_records(ann_path, repair=True)
-    # A chunk counts only when all its inputs are present; a partial chunk is redone.
-    chunk_of = {x["id"]: ci for ci, c in enumerate(chunks) for x in c}
-    present = Counter(chunk_of.get(r["input_id"]) for r in existing)
-    complete = {ci for ci, c in enumerate(chunks) if present[ci] == len(c)}
-    records = [r for r in existing if chunk_of.get(r["input_id"]) in complete]
-    if len(records) != len(existing):
-        write_records(ann_path, records)
-    finished = {r["input_id"] for r in records}
+    units = stage.units(ann_path.name, [[x["id"] for x in c] for c in chunks], key="input_id")
     max_new = resolved_max_new_tokens(ctx)
 
     with ctx.progress.bar(f"annotate {task.id}", len(inputs), "inputs") as bar:
-        bar.resume(len(finished))
-        for ci, chunk in enumerate(chunks):
-            if all(x["id"] in finished for x in chunk):
-                continue
+        bar.resume(units.done_count)
+        for ci in units:
+            chunk = chunks[ci]
             backend = ctx.backend()
             rendered = [backend.render(prompts.task_messages(task, x["input"])) for x in chunk]
             outs = backend.generate(
@@ -145,11 +126,10 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
                     "target_label": x.get("target_label"), **annotate_samples(ctx, samples),
                 }
                 batch.append(rec)
-            append_records(ann_path, batch)
-            stage.landed()
-            records.extend(batch)
+            units.land(ci, batch)
             bar.advance(len(chunk))
 
+    records = units.records
     order = {x["id"]: i for i, x in enumerate(inputs)}
     records.sort(key=lambda r: order[r["input_id"]])
     pairs, rejected, stats = select_pairs(ctx, records)

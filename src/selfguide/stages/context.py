@@ -10,8 +10,10 @@ from typing import Any, Callable, Optional
 
 from selfguide.backends import Backend, model_backend, resolve_backend
 from selfguide.config import RunConfig
+from selfguide.identity import check_engine_options, model_identity, stage_identity
 from selfguide.models import resolve_model
 from selfguide.progress import Progress
+from selfguide.store import Stage
 from selfguide.task import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,14 @@ class Context:
         """The configured backend with `auto` resolved (recorded in every stage's identity)."""
         if self._engine is None:
             self._engine = resolve_backend(self.cfg.model.backend, self.cfg.model.name, self.cfg.model.device)
+            check_engine_options(self.cfg.model, self._engine)
         return self._engine
+
+    def eval_engine(self) -> str:
+        """Evaluation runs the real model on the run's engine (hf when synthesis was scripted)."""
+        engine = "hf" if self.engine() == "fake" else self.engine()
+        check_engine_options(self.cfg.model, engine)
+        return engine
 
     def close_backend(self) -> None:
         """Free the generation model (before training needs the memory)."""
@@ -71,16 +80,24 @@ class Context:
             self._backend = None
 
     def model_identity(self) -> dict[str, Any]:
-        """Identity of the generating model without loading it (hashing the file is enough)."""
+        """The generating model for synthesis stages, without loading it (hashing the file is enough)."""
         if self._model_identity is None:
-            m = self.cfg.model
-            if self.backend_factory is not None or m.backend == "fake":
-                ident = self.backend().identity()
-                self._model_identity = {k: ident[k] for k in ("name", "sha256") if k in ident}
+            if self.backend_factory is not None or self.cfg.model.backend == "fake":
+                backend = self.backend()  # an injected backend names itself and the engine that wrote the text
+                ident, engine = backend.identity(), backend.name
             else:
-                ident = resolve_model(m.name).identity()
-                self._model_identity = {"name": ident["name"], "sha256": ident["sha256"]}
-            self._model_identity.update(backend=self.engine(), dtype=m.dtype)
-            if m.prefix_cache:  # other numerics: results made without it are not reused
-                self._model_identity["prefix_cache"] = True
+                ident, engine = resolve_model(self.cfg.model.name).identity(), self.engine()
+            self._model_identity = model_identity(self.cfg.model, engine, ident["name"], ident.get("sha256"))
         return self._model_identity
+
+    def base_model_identity(self, engine: Optional[str]) -> dict[str, Any]:
+        """The configured model's file, run by `engine` (None: no engine, as in training)."""
+        ident = resolve_model(self.cfg.model.name).identity()
+        return model_identity(self.cfg.model, engine, ident["name"], ident["sha256"])
+
+    def open_stage(self, name: str, settings: dict[str, Any], model: dict[str, Any],
+                   reads: Optional[dict[str, Any]] = None, folder: Optional[str] = None) -> Stage:
+        """The stage `name` in `folder` (default: its name) with its identity (identity.stage_identity)."""
+        config, inputs = stage_identity(self.cfg.seed, self.task.fingerprint(), settings, model, reads)
+        where = folder or name
+        return Stage(self.stage_dir(where), name, config, inputs, self.reuse_dir(where))

@@ -1,36 +1,40 @@
 """Stage 4: greedy decoding on held-out labelled items, for the finetuned model and the baselines.
 
-Systems: `selfguide` (finetuned model, few-shot prompt), `prompt-fewshot` (base model, same
-prompt: the paper's baseline) and `prompt-zeroshot` (base model, no examples). Predictions are
-appended per batch (resume loses at most one batch) and scores are recomputed from them.
+Systems (one name each, in the run folder, the verdict and the bench table): `selfguide`
+(finetuned model, few-shot prompt), `prompt-fewshot` (base model, same prompt: the paper's
+baseline), `prompt-zeroshot` (base model, no examples), and the bench's `finetune-fewshot` and
+`icl-synthetic`. Every system gets the same decode budget, sized from the task's labels or
+example outputs, never from test references. Predictions are appended per batch (resume loses at
+most one batch) and scores are recomputed from them. The identity of an evaluation hashes the
+items' contents, so edited eval items are scored again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import time
 from collections import Counter
 from typing import Any, Callable, Sequence
 
 from selfguide import prompts
-from selfguide.backends import Backend
+from selfguide.backends import Backend, model_backend
+from selfguide.identity import digest, model_identity
 from selfguide.labels import map_to_label
 from selfguide.metrics import confusion, normalize_answer, score_item
 from selfguide.stages.context import Context
-from selfguide.store import Stage, append_records, atomic_write_json, read_records, write_records
+from selfguide.store import atomic_write_json, read_records, write_records
 from selfguide.task import Example, Instance
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
 EVAL_BATCH = 32  # items per backend call and per append: the unit of resume
+BASELINE_SYSTEMS = {"fewshot": "prompt-fewshot", "zeroshot": "prompt-zeroshot"}
 
 
 def eval_items(ctx: Context) -> list[Instance]:
-    """The split's items; with evaluate.max_items, an evenly spaced subset in split order
-    (split files are often grouped by label, so the first N items would be one class)."""
+    """The split's items (without those that repeat a demonstration, see TaskSpec.split_items);
+    with evaluate.max_items, an evenly spaced subset in split order (split files are often
+    grouped by label, so the first N items would be one class)."""
     items = ctx.task.split_items(ctx.cfg.evaluate.split)
     k = ctx.cfg.evaluate.max_items
     if k and k < len(items):
@@ -38,14 +42,8 @@ def eval_items(ctx: Context) -> list[Instance]:
     return items
 
 
-def max_new_tokens(ctx: Context, items: list[Instance]) -> int:
-    if ctx.cfg.evaluate.max_new_tokens:
-        return ctx.cfg.evaluate.max_new_tokens
-    task = ctx.task
-    if task.labels:
-        return max(8, math.ceil(max(len(x) for x in task.labels) / 2) + 4)
-    longest = max([len(r) for it in items for r in it.outputs] + [len(e.output) for e in task.examples])
-    return min(512, max(32, math.ceil(1.5 * longest / 3.5) + 16))
+def eval_budget(ctx: Context) -> int:
+    return ctx.cfg.evaluate.max_new_tokens or prompts.answer_budget(ctx.task)
 
 
 def primary_metric(ctx: Context) -> str:
@@ -54,7 +52,7 @@ def primary_metric(ctx: Context) -> str:
 
 
 def run_evaluate(
-    ctx: Context, system: str, model_identity: dict[str, Any], backend_factory: Callable[[], Backend],
+    ctx: Context, system: str, model: dict[str, Any], backend_factory: Callable[[], Backend],
     shots: str | Sequence[Example] = "fewshot",
 ) -> dict[str, Any]:
     """Evaluate one system; returns its manifest (with `results`).
@@ -70,46 +68,41 @@ def run_evaluate(
         shots_id: Any = shots
     else:
         shot_list = list(shots)
-        shots_id = [len(shot_list), hashlib.sha256(json.dumps([[x.input, x.output] for x in shot_list]).encode()).hexdigest()[:16]]
-    config = {"split": e.split, "max_items": e.max_items, "max_new_tokens": max_new_tokens(ctx, items), "shots": shots_id}
-    inputs = {"task": ctx.task.fingerprint(), "items": [it.id for it in items][:3] + [len(items)], "model": model_identity}
-    reuse = ctx.reuse_dir(STAGE)
-    stage = Stage(ctx.stage_dir(STAGE) / system, f"{STAGE}:{system}", config, inputs, reuse / system if reuse else None)
-    state = stage.begin(ctx.force)
-    if state == "done":
-        log.info("evaluate[%s/%s]: up to date, skipping", ctx.task.id, system)
-        return stage.manifest()  # type: ignore[return-value]
+        shots_id = [len(shot_list), digest([[x.input, x.output] for x in shot_list])]
+    budget = eval_budget(ctx)
+    settings = {"split": e.split, "max_items": e.max_items, "max_new_tokens": budget, "shots": shots_id}
+    reads = {"items": {"n": len(items), "sha256": digest([[it.id, it.input, list(it.outputs)] for it in items])}}
+    stage = ctx.open_stage(f"{STAGE}:{system}", settings, model, reads, folder=f"{STAGE}/{system}")
+    if stage.begin(ctx.force) == "done":
+        return stage.skip(ctx.task.id)
     started = time.time()
     task = ctx.task
-    pred_path = stage.dir / "predictions.jsonl"
-    wanted = {it.id for it in items}
-    done = {r["id"]: r for r in read_records(pred_path, repair=True) if r["id"] in wanted}
-    todo = [it for it in items if it.id not in done]
+    batches = [items[i : i + EVAL_BATCH] for i in range(0, len(items), EVAL_BATCH)]
+    units = stage.units("predictions.jsonl", [[it.id for it in b] for b in batches])
     gold_labels = sorted({it.outputs[0] for it in items}) if task.labels else []
     with ctx.progress.bar(f"evaluate {task.id} {system}", len(items), "items") as bar:
-        bar.resume(len(done))
-        for start in range(0, len(todo), EVAL_BATCH):
-            batch = todo[start : start + EVAL_BATCH]
+        bar.resume(units.done_count)
+        for bi in units:
+            batch = batches[bi]
             backend = backend_factory()
             rendered = [backend.render(prompts.task_messages(task, it.input, shot_list)) for it in batch]
-            outs = backend.generate(rendered, n=1, temperature=0.0, max_new_tokens=config["max_new_tokens"], seed=ctx.cfg.seed)
+            outs = backend.generate(rendered, n=1, temperature=0.0, max_new_tokens=budget, seed=ctx.cfg.seed)
             recs = []
             for it, prompt, out in zip(batch, rendered, outs):
-                pred = out[0].strip()
+                pred = out[0].text.strip()
                 rec = {"id": it.id, "prompt": prompt, "prediction": pred, "references": list(it.outputs),
-                       "scores": score_item(pred, it.outputs, task.kind, gold_labels)}
+                       "cut_at_max_tokens": out[0].cut, "scores": score_item(pred, it.outputs, task.kind, gold_labels)}
                 if task.labels:
                     rec["predicted_label"] = map_to_label(pred, task.labels)
                 recs.append(rec)
-            append_records(pred_path, recs)
-            stage.landed()
-            done.update((r["id"], r) for r in recs)
+            units.land(bi, recs)
             bar.advance(len(batch))
-    ordered = [done[it.id] for it in items]
-    write_records(pred_path, ordered)
+    by_id = {r["id"]: r for r in units.records}
+    ordered = [by_id[it.id] for it in items]
+    write_records(stage.dir / "predictions.jsonl", ordered)
     results = summarize(ctx, ordered)
     atomic_write_json(stage.dir / "results.json", results)
-    return stage.finish({"items": len(ordered)}, started, results=results, model=model_identity)
+    return stage.finish({"items": len(ordered)}, started, results=results, model=model)
 
 
 def raise_no_items(ctx: Context) -> None:
@@ -128,8 +121,10 @@ def summarize(ctx: Context, preds: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "n": len(preds),
         "split": ctx.cfg.evaluate.split,
+        "excluded_items": len(task.excluded_items(ctx.cfg.evaluate.split)),
         "primary_metric": primary_metric(ctx),
         "scores": {m: round(100 * sum(p["scores"][m] for p in preds) / len(preds), 2) for m in metrics},
+        "cut_at_max_tokens": sum(bool(p.get("cut_at_max_tokens")) for p in preds),
     }
     if task.labels:
         norm_labels = {normalize_answer(lab) for lab in task.labels}
@@ -145,6 +140,76 @@ def summarize(ctx: Context, preds: list[dict[str, Any]]) -> dict[str, Any]:
         out["confusion"] = confusion(predicted, gold, list(task.labels))
         out["predicted_mix"] = dict(Counter(p or "<other>" for p in predicted))
     return out
+
+
+# ------------------------------------------------------------------ systems
+
+
+def model_factory(ctx: Context, model: str) -> Callable[[], Backend]:
+    """Lazily build (once) a backend for `model` (base or finetuned) on the evaluation engine;
+    `factory.close()` frees it."""
+    holder: dict[str, Backend] = {}
+
+    def factory() -> Backend:
+        if "b" not in holder:
+            holder["b"] = model_backend(ctx.cfg.model, model, ctx.eval_engine())
+        return holder["b"]
+
+    def close() -> None:
+        if holder:
+            holder.pop("b").close()
+
+    factory.close = close  # type: ignore[attr-defined]
+    return factory
+
+
+def base_identity(ctx: Context) -> dict[str, Any]:
+    return ctx.base_model_identity(ctx.eval_engine())
+
+
+def base_backend_factory(ctx: Context) -> Callable[[], Backend]:
+    """The base model: the synthesis backend itself when it is the real model, else loaded once."""
+    if ctx.engine() != "fake" and ctx.backend_factory is None:
+        return ctx.backend
+    return model_factory(ctx, ctx.cfg.model.name)
+
+
+def evaluate_prompting(ctx: Context, shots: str) -> dict[str, Any]:
+    """The base model prompted with (`fewshot`) or without (`zeroshot`) the task's examples."""
+    return run_evaluate(ctx, BASELINE_SYSTEMS[shots], base_identity(ctx), base_backend_factory(ctx), shots=shots)
+
+
+def evaluate_baselines(ctx: Context) -> dict[str, Any]:
+    """Prompting baselines on the base model: few-shot (the paper's) and zero-shot."""
+    return {BASELINE_SYSTEMS[shots]: evaluate_prompting(ctx, shots) for shots in ctx.cfg.evaluate.baselines}
+
+
+def trained_identity(ctx: Context, train_manifest: dict[str, Any], system: str) -> dict[str, Any]:
+    """A finetuned model is identified by the train stage that made it (settings, inputs, time)."""
+    made_by = digest([train_manifest["config"], train_manifest["inputs"], train_manifest["finished_at"]])
+    return model_identity(ctx.cfg.model, ctx.eval_engine(), f"{system}:{ctx.task.id}", trained=made_by)
+
+
+def evaluate_trained(ctx: Context, train_manifest: dict[str, Any], system: str = "selfguide") -> dict[str, Any]:
+    """Evaluate a model written by a train stage, with the few-shot prompt it was trained on."""
+    factory = model_factory(ctx, train_manifest["model_dir"])
+    try:
+        return run_evaluate(ctx, system, trained_identity(ctx, train_manifest, system), factory, shots="fewshot")
+    finally:
+        factory.close()  # type: ignore[attr-defined]
+
+
+def evaluate_model(ctx: Context, shots: str) -> tuple[str, dict[str, Any]]:
+    """`selfguide evaluate`: the configured model prompted as `shots`; returns (system, manifest)."""
+    from selfguide.models import resolve_model
+
+    ident = resolve_model(ctx.cfg.model.name).identity()
+    system = f"model-{ident['sha256'][:8]}-{shots}"
+    factory = model_factory(ctx, ctx.cfg.model.name)
+    try:
+        return system, run_evaluate(ctx, system, base_identity(ctx), factory, shots=shots)
+    finally:
+        factory.close()  # type: ignore[attr-defined]
 
 
 def verdict(ctx: Context, baseline: str = "prompt-fewshot", system: str = "selfguide") -> dict[str, Any]:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from selfguide import prompts
-from selfguide.config import identity_dict
+from selfguide.config import to_dict
 from selfguide.filters import DedupIndex, LengthWindow, check_input, has_placeholder, length_window
 from selfguide.stages.context import Context, derive_seed
-from selfguide.store import Stage, append_records, read_records, write_records
+from selfguide.store import Stage, write_records
 
 log = logging.getLogger(__name__)
 STAGE = "generate"
@@ -51,8 +51,6 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
     target = g.target_inputs or (400 if cls else 200)
     window = length_window([len(e.input) for e in task.examples]) if g.length_filter else None
     upper_chars = window.high if window else max(len(e.input) for e in task.examples) * 2
-    # ~3.5 characters per token in English; a little slack so the closing quote fits.
-    max_new = g.max_new_tokens or min(512, max(32, math.ceil(upper_chars / 3.5) + 16))
     return GenerateSettings(
         target_inputs=target,
         rounds=math.ceil(target / g.prompts_per_round),
@@ -60,61 +58,54 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         temperature=g.temperature if g.temperature is not None else (0.6 if cls else 1.0),
         top_k=g.top_k,
         top_p=g.top_p,
-        max_new_tokens=max_new,
+        max_new_tokens=g.max_new_tokens or prompts.decode_budget(upper_chars),
         max_pool_examples=g.max_pool_examples,
         label_conditioned=g.label_conditioned and cls,
         window=window,
         near_duplicate_threshold=g.near_duplicate_threshold,
         noise_terms=tuple(task.noise_terms) + tuple(g.noise_terms),
-        placeholder_filter=g.placeholder_filter and not any(has_placeholder(e.input) for e in task.examples),
+        placeholder_filter=g.placeholder_filter and not placeholder_in_examples(task),
     )
+
+
+def placeholder_in_examples(task: Any) -> bool:
+    """An example input with a bracketed slot: the filter would reject the task's own format."""
+    return any(has_placeholder(e.input) for e in task.examples)
 
 
 def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
     d = {k: getattr(s, k) for k in s.__dataclass_fields__}
     d["window"] = [s.window.low, s.window.high] if s.window else None
     d["noise_terms"] = list(s.noise_terms)
-    if not s.placeholder_filter:
-        del d["placeholder_filter"]  # identity-neutral (config.IDENTITY_NEUTRAL)
     return d
 
 
 def make_stage(ctx: Context) -> Stage:
-    settings = resolve_settings(ctx)
-    config = {"seed": ctx.cfg.seed, "generate": identity_dict(ctx.cfg.generate), "resolved": _settings_dict(settings)}
-    inputs = {"task": ctx.task.fingerprint(), "model": ctx.model_identity()}
-    return Stage(ctx.stage_dir(STAGE), STAGE, config, inputs, ctx.reuse_dir(STAGE))
+    settings = {"generate": to_dict(ctx.cfg.generate), "resolved": _settings_dict(resolve_settings(ctx))}
+    if ctx.cfg.generate.placeholder_filter and placeholder_in_examples(ctx.task):
+        settings["resolved"]["placeholder_filter_off"] = "an example input has a bracketed slot"
+    return ctx.open_stage(STAGE, settings, ctx.model_identity())
 
 
-def _complete_rounds(records: list[dict[str, Any]], per_round: int) -> tuple[list[dict[str, Any]], int]:
-    """Records of the leading run of complete rounds, and how many rounds that is."""
-    by_round: dict[int, list[dict[str, Any]]] = {}
-    for r in records:
-        by_round.setdefault(r["round"], []).append(r)
-    kept: list[dict[str, Any]] = []
-    n = 0
-    while n in by_round and len(by_round[n]) == per_round:
-        kept.extend(by_round[n])
-        n += 1
-    return kept, n
+def record_id(task_id: str, rnd: int, i: int) -> str:
+    return f"{task_id}:g:r{rnd:04d}:{i:03d}"
 
 
 def run_generate(ctx: Context) -> dict[str, Any]:
     """Run (or resume, or skip) input generation for one task; returns the manifest."""
     stage = make_stage(ctx)
-    state = stage.begin(ctx.force)
-    if state == "done":
-        log.info("generate[%s]: up to date, skipping (--force to redo)", ctx.task.id)
-        return stage.manifest()  # type: ignore[return-value]
+    if stage.begin(ctx.force) == "done":
+        return stage.skip(ctx.task.id)
     started = time.time()
     s = resolve_settings(ctx)
     task = ctx.task
-    cand_path = stage.dir / "candidates.jsonl"
-    existing = read_records(cand_path, repair=True)
-    records, done_rounds = _complete_rounds(existing, s.prompts_per_round)
-    if len(records) != len(existing):
-        log.warning("generate[%s]: dropping %d records of an unfinished round", task.id, len(existing) - len(records))
-        write_records(cand_path, records)
+    if ctx.cfg.generate.placeholder_filter and not s.placeholder_filter:
+        log.warning("generate[%s]: generate.placeholder_filter is off for this task: an example input has a bracketed "
+                    "slot like [n], which the filter would reject (recorded in the stage's settings)", task.id)
+    units = stage.units("candidates.jsonl", [[record_id(task.id, r, i) for i in range(s.prompts_per_round)]
+                                             for r in range(s.rounds)])
+    records = units.records
+    done_rounds = units.done_count // s.prompts_per_round
     if done_rounds:
         log.info("generate[%s]: resuming after round %d of %d", task.id, done_rounds, s.rounds)
 
@@ -129,7 +120,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
 
     with ctx.progress.bar(f"generate {task.id}", s.rounds, "rounds") as bar:
         bar.resume(done_rounds)
-        for rnd in range(done_rounds, s.rounds):
+        for rnd in units:
             rng = random.Random(derive_seed(ctx.cfg.seed, task.id, STAGE, rnd))
             drafts = [
                 prompts.sample_generation_prompt(task, pool, rng, s.max_pool_examples, s.label_conditioned)
@@ -144,20 +135,18 @@ def run_generate(ctx: Context) -> dict[str, Any]:
             )
             batch = []
             for i, ((_, label), samples) in enumerate(zip(drafts, outs)):
-                raw = samples[0]
+                raw = samples[0].text
                 text = prompts.parse_generated_input(raw)
                 reason = check_input(text, s.window, s.noise_terms, dedup, s.placeholder_filter)
                 rec = {
-                    "id": f"{task.id}:g:r{rnd:04d}:{i:03d}", "round": rnd, "index": i, "input": text, "raw": raw,
+                    "id": record_id(task.id, rnd, i), "round": rnd, "index": i, "input": text, "raw": raw,
                     "target_label": label, "status": "rejected" if reason else "kept", "reason": reason,
                 }
                 if not reason:
                     dedup.add(text)
                 batch.append(rec)
             pool.extend(r["input"] for r in batch if r["status"] == "kept")
-            append_records(cand_path, batch)
-            stage.landed()
-            records.extend(batch)
+            units.land(rnd, batch)
             bar.advance()
 
     kept = [r for r in records if r["status"] == "kept"]

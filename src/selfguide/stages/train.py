@@ -28,6 +28,7 @@ STAGE = "train"
 # LoRA updates far fewer weights and needs a larger step than full finetuning; 2e-4 is the
 # common LoRA default (peft/QLoRA recipes) and converged within 3 epochs in our CPU runs.
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
+METRICS = "metrics.jsonl"
 
 
 def learning_rate(ctx: Context) -> float:
@@ -35,15 +36,10 @@ def learning_rate(ctx: Context) -> float:
     return t.learning_rate if t.learning_rate is not None else DEFAULT_LR[t.method]
 
 
-def base_model_identity(ctx: Context) -> dict[str, Any]:
-    ident = resolve_model(ctx.cfg.model.name).identity()
-    return {"name": ident["name"], "sha256": ident["sha256"]}
-
-
-def make_stage(ctx: Context, pairs_path: Path, name: str) -> Stage:
-    config = {"seed": ctx.cfg.seed, "train": to_dict(ctx.cfg.train), "learning_rate": learning_rate(ctx)}
-    inputs = {"task": ctx.task.fingerprint(), "base_model": base_model_identity(ctx), "pairs": file_hash(pairs_path)}
-    return Stage(ctx.stage_dir(name), name, config, inputs, ctx.reuse_dir(name))
+def make_stage(ctx: Context, pairs_path: Path, name: str, device: str, world: int) -> Stage:
+    settings = {"train": to_dict(ctx.cfg.train), "learning_rate": learning_rate(ctx),
+                "resolved": {"bf16": _use_bf16(ctx, device), "device": device.split(":")[0], "world_size": world}}
+    return ctx.open_stage(name, settings, ctx.base_model_identity(None), {"pairs": file_hash(pairs_path)})
 
 
 def build_examples(ctx: Context, tok: Any, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, list[int]]], int]:
@@ -101,18 +97,32 @@ def _use_bf16(ctx: Context, device: str) -> bool:
     flag = ctx.cfg.train.bf16
     if flag in ("true", "false"):
         return flag == "true"
-    if device == "cuda":
+    if device.startswith("cuda"):
         import torch
 
         return torch.cuda.is_bf16_supported()
     return cpu_has_native_bf16()
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size) under `accelerate launch` / torchrun; (0, 1) in a plain process."""
+def distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) under `accelerate launch` / torchrun; (0, 1, 0) in a plain process."""
     import os
 
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _train_device(ctx: Context, world: int, local_rank: int) -> str:
+    """This process's device; under data parallelism on GPUs each rank binds its own GPU before
+    the process group starts (NCCL needs it), instead of all ranks landing on cuda:0."""
+    from selfguide.backends import hf_model
+
+    device = hf_model.pick_device(ctx.cfg.model.device)
+    if device == "cuda" and world > 1:
+        import torch
+
+        torch.cuda.set_device(local_rank)
+        return f"cuda:{local_rank}"
+    return device
 
 
 def _agree(value: Any) -> Any:
@@ -138,43 +148,74 @@ def _leave_group() -> None:
         dist.destroy_process_group()
 
 
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -> dict[str, Any]:
     """Finetune on `pairs_path` (default: the annotate stage's pairs) into the stage folder `name`.
 
     Under `accelerate launch` (data parallel, N processes) every process trains on its share of
-    each global batch; rank 0 alone writes the stage folder (checkpoints, metrics, model, manifest).
+    each global batch and takes part in saving (ZeRO-3/FSDP gather the weights); rank 0 alone
+    writes the stage folder (checkpoints, metrics, model, manifest).
     """
     pairs_path = pairs_path or ctx.stage_dir("annotate") / "pairs.jsonl"
-    stage = make_stage(ctx, pairs_path, name)
-    rank, world = distributed()
+    rank, world, local_rank = distributed()
+    device = _train_device(ctx, world, local_rank)
+    stage = make_stage(ctx, pairs_path, name, device, world)
     state = stage.begin(ctx.force) if rank == 0 else None
     if world > 1:
         state = _agree(state)
     if state == "done":
-        log.info("%s[%s]: up to date, skipping (--force to redo)", name, ctx.task.id)
         if world > 1:
             _leave_group()
-        return stage.manifest()  # type: ignore[return-value]
+        return stage.skip(ctx.task.id)
     started = time.time()
-
-    import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from selfguide.backends import hf_model
 
-    t = ctx.cfg.train
-    pairs = read_records(pairs_path)
     base_dir = hf_model.materialize(resolve_model(ctx.cfg.model.name))
     tok = hf_model.load_tokenizer(base_dir)
+    pairs = read_records(pairs_path)
     examples, too_long = build_examples(ctx, tok, pairs)
     if not examples:
         raise SelfGuideError(
             f"train[{ctx.task.id}]: no training pairs ({len(pairs)} synthesised, {too_long} over train.max_seq_len); "
             "see the annotate funnel, and raise generate.target_inputs or try annotate.label_source=conditioned"
         )
-    device = hf_model.pick_device(ctx.cfg.model.device)
+    args = training_arguments(ctx, stage, device)  # before the model is built, so DeepSpeed ZeRO-3 init applies
+    trainer = make_trainer(ctx, stage, args, build_model(ctx, base_dir), examples, tok)
+    checkpoint = resume_point(stage, rank, world)
+    t = ctx.cfg.train
+    log.info("train[%s]: %s finetuning on %d pairs for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
+             len(examples), t.epochs, learning_rate(ctx), args.bf16)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    counts = {
+        "pairs": len(pairs), "trained_on": len(examples), "dropped_too_long": too_long,
+        "steps": trainer.state.global_step, "train_loss": result.training_loss,
+    }
+    manifest = save_outputs(ctx, stage, trainer, tok, base_dir, counts, started, rank)
+    if world > 1:
+        _leave_group()
+    if rank == 0:
+        log.info("train[%s]: done in %.0fs, loss %s -> %s", ctx.task.id, manifest["seconds"],
+                 manifest["counts"]["first_loss"], manifest["counts"]["final_loss"])
+    return manifest
+
+
+def build_model(ctx: Context, base_dir: Path) -> Any:
+    """The base model in float32 (bf16 is autocast), with LoRA adapters when train.method=lora.
+    Loaded on the CPU: the Trainer places it on its device (each rank's own under data parallelism)."""
+    import torch
+
+    from selfguide.backends import hf_model
+
+    t = ctx.cfg.train
     torch.manual_seed(ctx.cfg.seed)
-    model = hf_model.load_model(base_dir, torch.float32, device)
+    model = hf_model.load_model(base_dir, torch.float32, "cpu")
     model.train()
     if t.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -183,26 +224,14 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
             r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, target_modules="all-linear",
             task_type="CAUSAL_LM",
         ))
+    return model
 
-    class Dataset(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return len(examples)
 
-        def __getitem__(self, i: int) -> dict[str, list[int]]:
-            return examples[i]
+def training_arguments(ctx: Context, stage: Stage, device: str) -> Any:
+    from transformers import TrainingArguments
 
-    metrics_path = stage.dir / "metrics.jsonl"
-
-    class LogToJsonl(TrainerCallback):
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs and "loss" in logs and state.is_world_process_zero:
-                append_records(metrics_path, [{"step": state.global_step, "epoch": state.epoch, **logs}])
-
-        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.is_world_process_zero:
-                stage.landed()  # the epoch's time survives a crash with its checkpoint
-
-    args = TrainingArguments(
+    t = ctx.cfg.train
+    return TrainingArguments(
         output_dir=str(stage.dir / "checkpoints"),
         num_train_epochs=t.epochs,
         per_device_train_batch_size=t.batch_size,
@@ -223,6 +252,31 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
         optim="adamw_torch",
         dataloader_num_workers=0,
     )
+
+
+def make_trainer(ctx: Context, stage: Stage, args: Any, model: Any, examples: list[dict[str, list[int]]], tok: Any) -> Any:
+    """transformers' Trainer over the tokenised pairs; losses go to metrics.jsonl, time to the stage."""
+    import torch
+    from transformers import Trainer, TrainerCallback
+
+    class Dataset(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(examples)
+
+        def __getitem__(self, i: int) -> dict[str, list[int]]:
+            return examples[i]
+
+    metrics_path = stage.dir / METRICS
+
+    class LogToJsonl(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
+            if logs and "loss" in logs and state.is_world_process_zero:
+                append_records(metrics_path, [{"step": state.global_step, "epoch": state.epoch, **logs}])
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                stage.landed()  # the epoch's time survives a crash with its checkpoint
+
     trainer = Trainer(model=model, args=args, train_dataset=Dataset(), data_collator=PadCollator(tok.pad_token_id),
                       callbacks=[LogToJsonl(), *ctx.train_callbacks])
     if not ctx.progress.enabled:
@@ -230,44 +284,57 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
 
         trainer.remove_callback(PrinterCallback)  # losses go to metrics.jsonl and the log, not raw dicts on stdout
         trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def resume_point(stage: Stage, rank: int, world: int) -> Path | None:
+    """The last complete checkpoint (rank 0 decides; losses logged after it are dropped), or None."""
+    metrics_path = stage.dir / METRICS
     checkpoints = complete_checkpoints(stage.dir / "checkpoints") if rank == 0 else []
     if world > 1:
         checkpoints = [Path(p) for p in _agree([str(c) for c in checkpoints])]
     if rank == 0 and checkpoints:
-        log.info("train[%s]: resuming from %s", ctx.task.id, checkpoints[-1].name)
+        log.info("train[%s]: resuming from %s", stage.dir.parent.name, checkpoints[-1].name)
         _trim_metrics(metrics_path, int(checkpoints[-1].name.split("-")[1]))
     elif rank == 0 and metrics_path.exists():
         metrics_path.unlink()
-    log.info("train[%s]: %s finetuning on %d pairs for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
-             len(examples), t.epochs, learning_rate(ctx), args.bf16)
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
-    if rank != 0:
-        _leave_group()
-        return {"rank": rank, "steps": trainer.state.global_step}
+    return checkpoints[-1] if checkpoints else None
 
-    model_dir = stage.dir / "model"
+
+def save_outputs(ctx: Context, stage: Stage, trainer: Any, tok: Any, base_dir: Path, counts: dict[str, Any],
+                 started: float, rank: int) -> dict[str, Any]:
+    """adapter/ (LoRA) and model/ (merged safetensors + tokenizer + card), then the manifest.
+
+    Every rank calls the Trainer's save (under ZeRO-3 or FSDP the weights are gathered from all
+    ranks; only the main process writes); rank 0 then merges from the saved files alone."""
+    t = ctx.cfg.train
     tmp_dir = stage.dir / ".model.tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    final = trainer.model
+    if rank == 0:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    _barrier()
+    saved = stage.dir / "adapter" if t.method == "lora" else tmp_dir
+    trainer.save_model(str(saved))
+    _barrier()
+    if rank != 0:
+        return {"rank": rank, "steps": counts["steps"]}
+    (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle: model folders hold safetensors only
     if t.method == "lora":
-        final.save_pretrained(str(stage.dir / "adapter"))
-        final = final.merge_and_unload()
-    final.save_pretrained(str(tmp_dir), safe_serialization=True)
+        import torch
+        from peft import PeftModel
+
+        from selfguide.backends import hf_model
+
+        base = hf_model.load_model(base_dir, torch.float32, "cpu")
+        merged = PeftModel.from_pretrained(base, str(stage.dir / "adapter")).merge_and_unload()
+        merged.save_pretrained(str(tmp_dir), safe_serialization=True)
     tok.save_pretrained(str(tmp_dir))
+    model_dir = stage.dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp_dir.rename(model_dir)
-    losses = [r["loss"] for r in read_records(metrics_path)]
-    counts = {
-        "pairs": len(pairs), "trained_on": len(examples), "dropped_too_long": too_long,
-        "steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None, "train_loss": result.training_loss,
-    }
+    losses = [r["loss"] for r in read_records(stage.dir / METRICS)]
+    counts = {**counts, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
     write_model_card(ctx, model_dir, counts, verdict=None)
-    manifest = stage.finish(counts, started, model_dir=str(model_dir))
-    if world > 1:
-        _leave_group()
-    log.info("train[%s]: done in %.0fs, loss %s -> %s", ctx.task.id, manifest["seconds"], counts["first_loss"], counts["final_loss"])
-    return manifest
+    return stage.finish(counts, started, model_dir=str(model_dir))
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
@@ -291,7 +358,7 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def write_model_card(ctx: Context, model_dir: Path, counts: dict[str, Any], verdict: dict[str, Any] | None) -> None:
     t, task = ctx.cfg.train, ctx.task
-    base = base_model_identity(ctx)
+    base = ctx.base_model_identity(None)
     lines = [
         "---", "library_name: transformers", "tags: [selfguide, self-guide, synthetic-data]", "---", "",
         f"# {base['name']} specialised for {task.id} by selfguide", "",
