@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from conftest import EXAMPLE, NIV2
@@ -85,3 +86,59 @@ def test_bench_reuse_from_a_missing_run_exits_2(tmp_path):
                                       "--reuse-from", "nope", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "--reuse-from nope: no run folder" in result.output
     assert not (tmp_path / "out.json").exists()
+
+
+def test_run_without_labelled_items_trains_exports_and_says_why_no_verdict(tmp_path, tiny_model, caplog):
+    """The paper's own use case: an instruction and a few examples, nothing labelled."""
+    import logging
+
+    import yaml
+
+    caplog.set_level(logging.INFO)
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data.pop("eval", None)
+    task = tmp_path / "unlabelled.yaml"
+    task.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["run", str(task), "--backend", "fake", "--run-dir", str(tmp_path / "runs"),
+                                      "--model", str(tiny_model), "--set", "generate.target_inputs=20", "--set", "train.epochs=1",
+                                      "--set", "model.dtype=float32"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    first = [r.getMessage() for r in caplog.records if r.name.startswith("selfguide")][0]
+    assert "has no labelled items" in first and "selfguide evaluate TASK --finetuned" in first  # said before any work
+    assert "no verdict:" in out and "finetuned model:" in out
+    task_dir = tmp_path / "runs" / "default" / data["id"]
+    assert (task_dir / "train" / "model" / "model.safetensors").exists()
+    assert "no verdict" in (task_dir / "train" / "model" / "README.md").read_text()
+    assert "Nothing was evaluated" in (task_dir / "report.md").read_text() and (task_dir / "report.html").exists()
+    assert not (task_dir / "evaluate").exists()
+
+
+@pytest.mark.parametrize("generation", [False, True])
+def test_task_new_writes_a_file_that_task_check_accepts(tmp_path, monkeypatch, generation):
+    monkeypatch.chdir(tmp_path)
+    args = ["task", "new", "my review task"] + (["--generation"] if generation else [])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "my review task.yaml"
+    text = path.read_text()
+    assert text.startswith("# A selfguide task file") and "id: my-review-task" in text
+    check = CliRunner().invoke(cli, ["task", "check", str(path)])
+    assert check.exit_code == 0 and ("generation" if generation else "classification") in check.output
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "already exists" in again.output and path.read_text() == text
+
+
+def test_console_shows_selfguide_lines_and_the_run_log_keeps_the_rest(tmp_path, tiny_model):
+    """A real `selfguide run` process: no third-party warnings or progress bars on the terminal;
+    they are in the run's log file."""
+    args = [sys.executable, "-m", "selfguide.cli", "run", str(EXAMPLE), "--backend", "fake", "--run-dir", str(tmp_path),
+            "--model", str(tiny_model), "--set", "generate.target_inputs=20", "--set", "evaluate.max_items=8",
+            "--set", "train.epochs=1", "--set", "model.dtype=float32"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for noise in ("Warning:", "FutureWarning", "Loading weights", "Writing model shards", "Using default tokenizer", "fontManager"):
+        assert noise not in proc.stderr and noise not in proc.stdout, noise
+    logged = (tmp_path / "default" / "scitail" / "selfguide.log").read_text()
+    assert "selfguide.pipeline" in logged or "selfguide.stages" in logged
+    assert "py.warnings" in logged  # transformers' deprecation warnings went to the file

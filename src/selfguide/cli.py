@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,15 +40,10 @@ class Group(click.Group):
             ctx.exit(1)
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "filelock", "transformers", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group(cls=Group)
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="More log output: -v selfguide's debug lines, -vv every library's too.")
 @click.version_option(package_name="selfguide")
 def cli(verbose: int) -> None:
     """selfguide: make a language model a task specialist using only the model itself.
@@ -58,7 +52,9 @@ def cli(verbose: int) -> None:
     inputs, label them by self-consistency, finetune itself on them, and compares the result with
     plain prompting. Start with `selfguide run TASK --quick`.
     """
-    _setup_logging(verbose)
+    from selfguide.console import setup_console
+
+    setup_console(verbose)
 
 
 def run_options(f: Any) -> Any:
@@ -89,7 +85,11 @@ def _context(task_file: str, config_path: Optional[str] = None, overrides: tuple
         extra["run_dir"] = run_dir
     if name:
         extra["name"] = name
-    return make_context(task_file, config=config_path, overrides=overrides, extra=extra, force=force)
+    from selfguide.console import attach_run_log
+
+    ctx = make_context(task_file, config=config_path, overrides=overrides, extra=extra, force=force)
+    attach_run_log(ctx.task_dir / "selfguide.log")  # third-party warnings and INFO lines go here, not to the terminal
+    return ctx
 
 
 def _funnel_table(title: str, rows: list[list[Any]]) -> None:
@@ -143,7 +143,21 @@ def doctor() -> None:
 
 @cli.group(cls=Group)
 def task() -> None:
-    """Inspect task files."""
+    """Write and inspect task files."""
+
+
+@task.command("new")
+@click.argument("name")
+@click.option("--generation", is_flag=True, help="A free-text task (no labels) instead of a classification task.")
+def task_new(name: str, generation: bool) -> None:
+    """Write NAME.yaml: a commented task file to fill in (instruction, labels, three examples, eval items)."""
+    from selfguide.task import load_task
+    from selfguide.task_template import write_task_template
+
+    path = write_task_template(name, generation)
+    spec = load_task(path)
+    click.echo(f"wrote {path} ({spec.kind} task '{spec.id}', {len(spec.examples)} examples, {len(spec.instances)} eval items): "
+               f"edit it, then `selfguide task check {path}` and `selfguide run {path} --quick`")
 
 
 @task.command("check")
@@ -297,9 +311,11 @@ def run_cmd(quick: bool, **opts: Any) -> None:
     v = result.verdict
     _funnel_table(f"synthesis funnel {ctx.task.id}", result.manifests["generate"]["funnel"] + result.manifests["annotate"]["funnel"][1:])
     click.echo(synthesis_summary(result.manifests))
-    _scores_table(v)
+    if v["deltas"]:
+        _scores_table(v)
     click.echo("stage seconds: " + ", ".join(f"{k} {s}" for k, s in v["stage_seconds"].items()))
     click.echo(v["sentence"])
+    click.echo(f"finetuned model: {result.manifests['train']['model_dir']}")
     click.echo(f"report: {result.report}")
     click.echo(f"verdict: {ctx.task_dir / 'verdict.json'}")
 
@@ -331,6 +347,9 @@ def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[s
     if split:
         extra["evaluate.split"] = split
     cfg = load_config(config_path, overrides, extra)
+    from selfguide.console import attach_run_log
+
+    attach_run_log(Path(cfg.run_dir) / cfg.name / "selfguide.log")
     slug = re.sub(r"[^a-z0-9.-]+", "-", resolve_model(cfg.model.name).name.lower()).strip("-")
     target = Path(out) if out else Path("docs") / "benchmarks" / f"niv2-{slug}"
     data = run_bench(tasks, cfg, [m.strip() for m in methods.split(",") if m.strip()], target.with_suffix(""), reuse_from=reuse_from)

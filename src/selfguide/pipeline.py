@@ -97,6 +97,10 @@ def run(
 ) -> RunResult:
     """All stages in order: generate -> annotate -> baselines -> train -> evaluate -> verdict -> report.
 
+    A task without labelled items (the paper's own use case: an instruction and a few examples)
+    still gets synthesis, training, the exported model and a report, with a verdict saying why
+    none was possible.
+
     Every stage resumes or skips what is already done, so calling this again after a crash or
     Ctrl-C continues where it stopped.
     """
@@ -104,7 +108,7 @@ def run(
 
     from selfguide.config import QUICK_PRESET
     from selfguide.report import write_report
-    from selfguide.stages.evaluate import evaluate_baselines, evaluate_trained
+    from selfguide.stages.evaluate import evaluate_baselines, evaluate_trained, has_eval_items, no_items_line, no_verdict
     from selfguide.stages.evaluate import verdict as compute_verdict
     from selfguide.stages.train import run_train, write_model_card
     from selfguide.store import atomic_write_json
@@ -124,16 +128,23 @@ def run(
         timings[name] = round(time.time() - t0, 1)
         return value
 
+    labelled = has_eval_items(ctx)
+    if not labelled:
+        log.warning(no_items_line(ctx))  # before any work: the user learns it in the first lines
     manifests = timed("synthesize", lambda: synthesize(ctx))
-    manifests["baselines"] = timed("evaluate-baselines", lambda: evaluate_baselines(ctx))
+    manifests["baselines"] = timed("evaluate-baselines", lambda: evaluate_baselines(ctx)) if labelled else {}
     ctx.close_backend()  # free the generation model before training needs the memory
     manifests["train"] = timed("train", lambda: run_train(ctx))
-    manifests["selfguide"] = timed("evaluate-finetuned", lambda: evaluate_trained(ctx, manifests["train"]))
-    v = compute_verdict(ctx)
+    if labelled:
+        manifests["selfguide"] = timed("evaluate-finetuned", lambda: evaluate_trained(ctx, manifests["train"]))
+        v = compute_verdict(ctx)
+    else:
+        v = no_verdict(ctx)
     v["model"] = manifests["generate"]["inputs"]["model"]
+    evaluations = [*manifests["baselines"].items(), *([("selfguide", manifests["selfguide"])] if labelled else [])]
     v["stage_seconds"] = {name: m.get("seconds") for name, m in
                           [("generate", manifests["generate"]), ("annotate", manifests["annotate"]), ("train", manifests["train"]),
-                           *[(f"evaluate {k}", m) for k, m in manifests["baselines"].items()], ("evaluate selfguide", manifests["selfguide"])]}
+                           *[(f"evaluate {k}", m) for k, m in evaluations]]}
     v["wall_seconds_this_call"] = timings
     atomic_write_json(ctx.task_dir / "verdict.json", v)
     write_model_card(ctx, Path(manifests["train"]["model_dir"]), manifests["train"]["counts"], v)

@@ -17,6 +17,14 @@ METRIC_NAMES = {
 }
 
 
+def evaluated_systems(manifests: dict[str, Any]) -> dict[str, Any]:
+    """Results per evaluated system (none for a task without labelled items)."""
+    found = {k: m["results"] for k, m in manifests.get("baselines", {}).items()}
+    if "selfguide" in manifests:
+        found["selfguide"] = manifests["selfguide"]["results"]
+    return found
+
+
 def _plots(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Path]:
     import matplotlib
 
@@ -50,8 +58,8 @@ def _plots(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any]) -> 
     fig.savefig(paths["funnel"], dpi=110)
     plt.close(fig)
 
-    systems = {**{k: m["results"] for k, m in manifests["baselines"].items()}, "selfguide": manifests["selfguide"]["results"]}
-    if ctx.task.labels:
+    systems = evaluated_systems(manifests)
+    if ctx.task.labels and systems:
         labs = list(ctx.task.labels)
         fig, ax = plt.subplots(figsize=(6, 3.2))
         width = 0.8 / len(systems)
@@ -75,14 +83,14 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 def build_sections(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any]) -> dict[str, Any]:
     """Everything both formats show, as plain data."""
-    systems = {**{k: m["results"] for k, m in manifests["baselines"].items()}, "selfguide": manifests["selfguide"]["results"]}
+    systems = evaluated_systems(manifests)
     names = list(systems)
     score_rows = []
     for metric in sorted(verdict["deltas"]):
         d = verdict["deltas"][metric]
         score_rows.append([METRIC_NAMES.get(metric, metric), *[f"{systems[n]['scores'].get(metric, 0):.1f}" for n in names],
                            f"{d['delta']:+.1f}", f"[{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"])
-    if ctx.task.labels:
+    if ctx.task.labels and systems:
         score_rows.append(["valid-label outputs (%)", *[f"{systems[n].get('valid_label_share', 0):.1f}" for n in names], "", ""])
     funnel = manifests["generate"]["funnel"] + manifests["annotate"]["funnel"]
     base_preds = read_records(ctx.stage_dir("evaluate") / "prompt-fewshot" / "predictions.jsonl")
@@ -107,15 +115,22 @@ def write_report(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any
     header = [
         f"- task: `{ctx.task.id}` ({ctx.task.kind}, {len(ctx.task.examples)} examples; source `{ctx.task.source}`)",
         f"- model: {model.get('name')} (sha256 `{str(model.get('sha256'))[:16]}`), generation backend {ctx.engine()}, dtype {ctx.cfg.model.dtype}",
-        f"- evaluation: split `{verdict['split']}`, {verdict['n_items']} items, greedy decoding; primary metric {METRIC_NAMES.get(verdict['metric'], verdict['metric'])}",
+        (f"- evaluation: split `{verdict['split']}`, {verdict['n_items']} items, greedy decoding; primary metric "
+         f"{METRIC_NAMES.get(verdict['metric'], verdict['metric'])}" if verdict["n_items"] else
+         f"- evaluation: none (no labelled items in split `{verdict['split']}`)"),
+        f"- finetuned model: `{manifests['train']['model_dir']}` (merged safetensors, tokenizer, model card)",
         f"- training: {t.method}, {t.epochs} epochs, seed {ctx.cfg.seed}; "
         f"{manifests['train']['counts']['trained_on']} synthetic pairs",
         f"- config: `{ctx.task_dir / 'config.yaml'}`",
     ]
     counts = manifests["annotate"]["counts"]
     md = [f"# selfguide report: {ctx.task.id}", "", f"**{verdict['sentence']}**", "", *header, "", "## Verdict", ""]
-    md += _md_table(s["score_header"], s["score_rows"])
-    md += ["", "Scores in points (0-100). Deltas with a paired bootstrap 95% CI over items.", "", "## Synthesis funnel", ""]
+    if s["score_rows"]:
+        md += _md_table(s["score_header"], s["score_rows"])
+        md += ["", "Scores in points (0-100). Deltas with a paired bootstrap 95% CI over items."]
+    else:
+        md += ["Nothing was evaluated: " + verdict["sentence"]]
+    md += ["", "## Synthesis funnel", ""]
     md += _md_table(["step", "count"], s["funnel"])
     if "label_mix_before" in counts:
         md += ["", f"Label mix before balancing: {counts['label_mix_before']}; after: {counts['label_mix_after']}. "
@@ -123,7 +138,7 @@ def write_report(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any
     md += ["", "![funnel](report_files/funnel.png)", ""]
     if "loss" in plots:
         md += ["## Training loss", "", "![loss](report_files/loss.png)", ""]
-    if ctx.task.labels:
+    if "per_label" in plots:
         md += ["## Per-label accuracy", "", "![per label](report_files/per_label.png)", ""]
         rows = []
         for name, res in s["systems_results"].items():
@@ -132,8 +147,9 @@ def write_report(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any
         md += _md_table(["system", *ctx.task.labels, "predicted mix"], rows)
     md += ["", "## Synthetic training pairs (first 5)", ""]
     md += _md_table(["input", "output"], [[_cell(a), _cell(b)] for a, b in s["synthetic"]])
-    md += ["", "## Sample predictions (first 10 items)", ""]
-    md += _md_table(["input", "reference", "prompt-fewshot", "selfguide"], [[_cell(c) for c in row] for row in s["samples"]])
+    if s["samples"]:
+        md += ["", "## Sample predictions (first 10 items)", ""]
+        md += _md_table(["input", "reference", "prompt-fewshot", "selfguide"], [[_cell(c) for c in row] for row in s["samples"]])
     atomic_write_text(ctx.task_dir / "report.md", "\n".join(md) + "\n")
     atomic_write_text(ctx.task_dir / "report.html", _html(ctx, verdict, header, s, plots))
     return ctx.task_dir / "report.html"
@@ -165,7 +181,7 @@ def _html(ctx: Context, verdict: dict[str, Any], header: list[str], s: dict[str,
         f"<h1>selfguide report: {html.escape(ctx.task.id)}</h1>",
         f"<p class='verdict' id='verdict'>{html.escape(verdict['sentence'])}</p>",
         "<ul>" + "".join(f"<li>{html.escape(h[2:].replace('`', ''))}</li>" for h in header) + "</ul>",
-        "<h2>Verdict</h2>", _html_table(s["score_header"], s["score_rows"]),
+        "<h2>Verdict</h2>", _html_table(s["score_header"], s["score_rows"]) if s["score_rows"] else "<p>Nothing was evaluated.</p>",
         "<h2>Synthesis funnel</h2>", _html_table(["step", "count"], s["funnel"]), _img(plots["funnel"], "funnel"),
     ]
     if "loss" in plots:
@@ -173,6 +189,7 @@ def _html(ctx: Context, verdict: dict[str, Any], header: list[str], s: dict[str,
     if "per_label" in plots:
         parts += ["<h2>Per-label accuracy</h2>", _img(plots["per_label"], "per-label accuracy")]
     parts += ["<h2>Synthetic training pairs (first 5)</h2>", _html_table(["input", "output"], s["synthetic"])]
-    parts += ["<h2>Sample predictions</h2>", _html_table(["input", "reference", "prompt-fewshot", "selfguide"], s["samples"])]
+    if s["samples"]:
+        parts += ["<h2>Sample predictions</h2>", _html_table(["input", "reference", "prompt-fewshot", "selfguide"], s["samples"])]
     parts += ["</body></html>"]
     return "\n".join(parts)

@@ -105,6 +105,26 @@ def run_evaluate(
     return stage.finish({"items": len(ordered)}, started, results=results, model=model)
 
 
+def has_eval_items(ctx: Context) -> bool:
+    return bool(eval_items(ctx))
+
+
+def no_items_line(ctx: Context) -> str:
+    """What a run without labelled items can and cannot do, in one line."""
+    return (f"task {ctx.task.id} has no labelled items in split '{ctx.cfg.evaluate.split}': selfguide will synthesise data, "
+            "finetune the model and export it, but cannot measure whether it beats prompting. For a verdict, add an "
+            "'eval:' list of labelled items to the task file, then run `selfguide evaluate TASK --finetuned` "
+            "(synthesis and training are reused, not redone).")
+
+
+def no_verdict(ctx: Context) -> dict[str, Any]:
+    """The verdict record of a run that had nothing to evaluate on."""
+    return {"task": ctx.task.id, "metric": primary_metric(ctx), "n_items": 0, "split": ctx.cfg.evaluate.split,
+            "baseline": None, "deltas": {}, "seed": ctx.cfg.seed, "prompting_score": None, "finetuned_score": None,
+            "delta": None, "sentence": f"no verdict: {ctx.task.id} has no labelled items in split "
+            f"'{ctx.cfg.evaluate.split}' (add an 'eval:' list to the task file, then `selfguide evaluate TASK --finetuned`)"}
+
+
 def raise_no_items(ctx: Context) -> None:
     from selfguide.errors import TaskError
 
