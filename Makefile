@@ -26,6 +26,8 @@ demo: install
 	$(VENV)/bin/selfguide run examples/scitail.yaml --quick
 
 test: install
+	@# llama.cpp's GGUF converter for the export test (cached after the first time; the test skips without it)
+	$(VENV)/bin/selfguide export --fetch-converter || echo "make test: could not fetch llama.cpp's converter; the GGUF export test will skip"
 	$(PY) -m pytest -q
 
 bench: install

@@ -16,6 +16,22 @@ NIV2 = DATA / "niv2"
 EXAMPLE = ROOT / "examples" / "scitail.yaml"
 SHARED_NIV2 = ROOT.parent / "shared" / "niv2"
 NETGUARD_DIR = ROOT / "tests" / "netguard"
+
+
+def _user_llama_cpp():
+    """The llama.cpp converter `selfguide export --fetch-converter` kept in the user's cache (read
+    before the tests point the cache elsewhere), or $SELFGUIDE_LLAMA_CPP; None if neither."""
+    import os as _os
+
+    if _os.environ.get("SELFGUIDE_LLAMA_CPP"):
+        return Path(_os.environ["SELFGUIDE_LLAMA_CPP"])
+    from selfguide.model_export import CONVERTER, fetched_converter_dir
+
+    folder = fetched_converter_dir()
+    return folder if (folder / CONVERTER).is_file() else None
+
+
+USER_LLAMA_CPP = _user_llama_cpp()
 _spec = importlib.util.spec_from_file_location("selfguide_netguard", NETGUARD_DIR / "sitecustomize.py")
 netguard = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(netguard)

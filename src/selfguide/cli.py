@@ -57,8 +57,10 @@ def cli(verbose: int) -> None:
     setup_console(verbose)
 
 
-def run_options(f: Any) -> Any:
+def run_options(f: Any = None, *, task_required: bool = True) -> Any:
     """Options shared by every stage command (config, overrides, run folder)."""
+    if f is None:
+        return lambda g: run_options(g, task_required=task_required)
     f = click.option("--force", is_flag=True, help="Redo stages whose saved results were made with other settings.")(f)
     f = click.option("--name", default=None, help="Run name: results go to RUN_DIR/NAME/TASK_ID/ (default: default).")(f)
     f = click.option("--run-dir", default=None, help="Folder that holds runs (default: runs).")(f)
@@ -66,7 +68,7 @@ def run_options(f: Any) -> Any:
     f = click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. generate.temperature=0.7.")(f)
     f = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")(f)
-    f = click.argument("task_file", type=click.Path())(f)
+    f = click.argument("task_file", type=click.Path(), required=task_required)(f)
     return f
 
 
@@ -226,6 +228,46 @@ def export_data(out_dir: Optional[str], **opts: Any) -> None:
     click.echo(f"dataset written to {target}")
 
 
+@cli.command("export")
+@run_options(task_required=False)
+@click.option("--gguf", "gguf", is_flag=True, help="Also write a GGUF file (llama.cpp, Ollama, LM Studio) and check it.")
+@click.option("--hf", "hf", is_flag=True, help="The merged safetensors folder (always written; the flag is for clarity).")
+@click.option("--outtype", type=click.Choice(["f16", "q8_0", "bf16"]), default="f16", show_default=True, help="GGUF tensor type.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Output folder (default: the run's export/).")
+@click.option("--converter", default=None, metavar="PATH", help="A llama.cpp checkout (or its convert_hf_to_gguf.py).")
+@click.option("--no-check", is_flag=True, help="Skip the greedy-answer check of the GGUF against the HF model.")
+@click.option("--fetch-converter", is_flag=True, help="Download llama.cpp's converter once (llama-cpp-python's source package, pip).")
+def export_cmd(gguf: bool, hf: bool, outtype: str, out_dir: Optional[str], converter: Optional[str], no_check: bool,
+               fetch_converter: bool, **opts: Any) -> None:
+    """The finetuned model of a run, to run elsewhere: HF folder, GGUF, model card.
+
+    TASK names the run's task (with --name / --run-dir as for every command). Needs a finished train stage.
+    """
+    from selfguide import model_export
+
+    if fetch_converter:
+        click.echo(f"llama.cpp converter: {model_export.fetch_converter()}")
+        if not opts["task_file"]:
+            return
+    if not opts["task_file"]:
+        raise SelfGuideError("export: name the task file of the run to export (or pass only --fetch-converter)")
+    ctx = _context(**opts)
+    info = model_export.export_model(ctx, Path(out_dir) if out_dir else ctx.task_dir / "export", gguf, outtype, converter,
+                                     check=not no_check)
+    click.echo(f"HF folder: {info['hf']}")
+    if "gguf" in info:
+        click.echo(f"GGUF: {info['gguf']['file']} ({info['gguf']['bytes'] / 1e6:.0f} MB, {info['gguf']['seconds']} s)")
+    chk = info.get("gguf_check")
+    if chk:
+        tr = chk["transformers_reads_gguf"]
+        click.echo(f"GGUF check: {tr['identical']}/{chk['prompts']} greedy answers identical to the {tr['reference']}; "
+                   + (f"llama.cpp {chk['llama_cpp']['identical']}/{chk['prompts']} identical to the float32 model"
+                      if chk["llama_cpp"].get("ran") else f"llama.cpp not run ({chk['llama_cpp']['why']})"))
+        if not chk["passed"]:
+            raise SelfGuideError(f"the GGUF does not answer like the HF model; see {Path(info['hf']).parent / 'gguf-check.json'}")
+    click.echo(f"model card: {Path(info['hf']).parent / 'README.md'}")
+
+
 @cli.command()
 @run_options
 def train(**opts: Any) -> None:
@@ -297,7 +339,7 @@ def _scores_table(v: dict[str, Any]) -> None:
 
 @cli.command("run")
 @run_options
-@click.option("--quick", is_flag=True, help="Fewer inputs, samples, epochs and eval items: about 4 minutes on 2 CPU cores.")
+@click.option("--quick", is_flag=True, help="Fewer inputs, samples, epochs and eval items: about 5 minutes on 2 CPU cores (AVX2, fp32).")
 def run_cmd(quick: bool, **opts: Any) -> None:
     """Everything: generate -> annotate -> prompting baselines -> train -> evaluate -> verdict + report.
 

@@ -161,8 +161,8 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
 
 BASELINES = ("fewshot", "zeroshot")
 
-# Settings that shrink the work so `selfguide run --quick` finishes in about 4 minutes on 2 cores
-# with AMX/AVX-512 bf16 (about 5.5 minutes on an AVX2-only CPU, fp32).
+# Settings that shrink the work so `selfguide run --quick` finishes in about 5 minutes on 2 cores
+# of an AVX2-only CPU in fp32 (5:07 measured, docs/first-run.md), about 4 with AMX bf16.
 QUICK_PRESET: dict[str, Any] = {
     "generate.target_inputs": 120,
     "annotate.n": 5,
