@@ -114,39 +114,58 @@ def write_gguf(model_dir: Path, out: Path, outtype: str, converter: Optional[str
             "converter": f"llama.cpp {CONVERTER} from {folder}"}
 
 
-def check_prompts(ctx: Any, tok: Any, k: Optional[int] = None) -> list[str]:
-    """Up to k prompts of the task as the finetuned model sees them: eval items first, then synthetic inputs."""
+def check_prompts(ctx: Any, tok: Any, k: Optional[int] = None) -> dict[str, list[str]]:
+    """k prompts of the task as the finetuned model sees them, in two kinds: half task prompts
+    (eval items first, then synthetic and example inputs) and half input-generation prompts (the
+    model writes a new input: long free text, where a conversion error shows even when every task
+    answer is the same label)."""
+    import random
+
     from selfguide import prompts
     from selfguide.backends.hf_model import render_prompt
     from selfguide.stages.evaluate import eval_items
     from selfguide.store import read_records
 
+    total = k or CHECK_PROMPTS
     inputs = [it.input for it in eval_items(ctx)] if ctx.task.split_items(ctx.cfg.evaluate.split) else []
     inputs += [p["input"] for p in read_records(ctx.stage_dir("annotate") / "pairs.jsonl")]
     inputs += [e.input for e in ctx.task.examples]
-    return [render_prompt(tok, prompts.task_messages(ctx.task, x)) for x in list(dict.fromkeys(inputs))[: k or CHECK_PROMPTS]]
+    answers = [render_prompt(tok, prompts.task_messages(ctx.task, x)) for x in list(dict.fromkeys(inputs))[: total - total // 2]]
+    rng = random.Random(ctx.cfg.seed)
+    pool = [p["input"] for p in read_records(ctx.stage_dir("generate") / "inputs.jsonl")]
+    writing = []
+    for _ in range(total // 2):
+        messages, _label = prompts.sample_generation_prompt(ctx.task, pool, rng, ctx.cfg.generate.max_pool_examples, True)
+        writing.append(render_prompt(tok, messages, prompts.INPUT_PREFILL))
+    return {"task answers": answers, "new inputs": writing}
 
 
 def _answers(folder: Path, prompt_texts: list[str], max_new_tokens: int) -> list[Any]:
-    """Greedy completions through selfguide's hf backend (float32; the shared instruction + examples
-    encoded once): both models of a comparison go through exactly the same computation."""
-    from selfguide.backends.hf import HFBackend
+    """Greedy completions through one of selfguide's engines (float32; the shared instruction +
+    examples encoded once): both models of a comparison go through exactly the same computation."""
+    from selfguide.backends import get_backend, resolve_backend
 
-    backend = HFBackend(model=str(folder), dtype="float32", batch_size=16, prefix_cache=True)
+    engine = resolve_backend("auto", str(folder), "cpu")  # native for Llama-family models (2-5x faster), else hf
+    options = {"prefix_cache_mb": 0} if engine == "native" else {}  # no KV carried from one model's calls to the other's
+    backend = get_backend(engine, model=str(folder), dtype="float32", batch_size=16, prefix_cache=True, device="cpu", **options)
     try:
         return [o[0] for o in backend.generate(prompt_texts, max_new_tokens=max_new_tokens)]
     finally:
         backend.close()
 
 
-def check_gguf(gguf: Path, model_dir: Path, prompt_texts: list[str], max_new_tokens: int, outtype: str) -> dict[str, Any]:
-    """Greedy answers of the GGUF against the HF model on the same prompts.
+INPUT_TOKENS = 32  # greedy tokens of a written input: long enough for differences to show
+
+
+def check_gguf(gguf: Path, model_dir: Path, groups: dict[str, list[str]], answer_tokens: int, outtype: str) -> dict[str, Any]:
+    """Greedy completions of the GGUF against the HF model on the same prompts (check_prompts).
 
     transformers reads the GGUF back (its tensors dequantized, its tokenizer rebuilt from the GGUF's
     metadata); the reference is the HF model with its weights rounded to the GGUF's float type; both
-    then answer through the same float32 code, so a correct conversion gives identical answers.
-    (q8_0 has no such rounding to compare with: its share of identical answers is reported.) Where
-    llama-cpp-python is installed, llama.cpp itself decodes the GGUF too, against the unrounded model.
+    then answer through the same float32 code, so a correct conversion gives identical completions.
+    (q8_0 has no such rounding to compare with: its share of identical completions is reported.)
+    Where llama-cpp-python is installed, llama.cpp itself decodes the GGUF too, against the
+    unrounded float32 model (a different kernel library: near, not necessarily exact, agreement).
     """
     import importlib.util
 
@@ -157,15 +176,21 @@ def check_gguf(gguf: Path, model_dir: Path, prompt_texts: list[str], max_new_tok
     from selfguide.backends import hf_model
 
     hf_logging.disable_progress_bar()  # "Converting and de-quantizing GGUF tensors" bars: the export prints its own result
+    budgets = {name: INPUT_TOKENS if name == "new inputs" else answer_tokens for name in groups}
+    texts = [t for g in groups.values() for t in g]
     tok = hf_model.load_tokenizer(model_dir)
     g_tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompt_texts]
-    g_ids = [g_tok(p, add_special_tokens=False)["input_ids"] for p in prompt_texts]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in texts]
+    g_ids = [g_tok(p, add_special_tokens=False)["input_ids"] for p in texts]
     rounding = {"f16": torch.float16, "bf16": torch.bfloat16}.get(outtype)
     with_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
+
+    def answers(folder: Path) -> dict[str, list[Any]]:
+        return {name: _answers(folder, g, budgets[name]) for name, g in groups.items() if g}
+
     with tempfile.TemporaryDirectory(prefix="selfguide-gguf-check-") as tmp:
         ref_dir, gguf_dir = Path(tmp) / "reference", Path(tmp) / "gguf"
-        plain = _answers(model_dir, prompt_texts, max_new_tokens) if with_llama_cpp or rounding is None else None
+        plain = answers(model_dir) if with_llama_cpp or rounding is None else None
         if rounding is not None:
             reference = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, use_safetensors=True)
             with torch.no_grad():
@@ -174,7 +199,7 @@ def check_gguf(gguf: Path, model_dir: Path, prompt_texts: list[str], max_new_tok
             reference.save_pretrained(ref_dir, safe_serialization=True)
             tok.save_pretrained(ref_dir)
             del reference
-            expected = _answers(ref_dir, prompt_texts, max_new_tokens)
+            expected = answers(ref_dir)
         else:
             expected = plain
         g_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -183,45 +208,54 @@ def check_gguf(gguf: Path, model_dir: Path, prompt_texts: list[str], max_new_tok
         g_model.save_pretrained(gguf_dir, safe_serialization=True)
         g_tok.save_pretrained(gguf_dir)
         del g_model
-        got = _answers(gguf_dir, prompt_texts, max_new_tokens)
+        got = answers(gguf_dir)
+    per_group = {}
+    for name in expected:
+        e, g = expected[name], got[name]
+        per_group[name] = {"prompts": len(e), "max_new_tokens": budgets[name], "identical": sum(a == b for a, b in zip(e, g)),
+                           "distinct_completions": len({c.text for c in e}),
+                           "differing": [{"prompt": i, "hf": e[i].text, "gguf": g[i].text} for i in range(len(g)) if e[i] != g[i]][:3]}
     result: dict[str, Any] = {
-        "prompts": len(prompt_texts), "max_new_tokens": max_new_tokens,
-        "tokenizer_identical": sum(a == b for a, b in zip(ids, g_ids)),
+        "prompts": len(texts), "tokenizer_identical": sum(a == b for a, b in zip(ids, g_ids)),
         "transformers_reads_gguf": {
             "reference": f"HF model with weights rounded to {outtype}, float32 compute" if rounding is not None else "HF model, float32",
-            "identical": sum(a == b for a, b in zip(expected, got)),
-            "differing": [{"prompt": i, "hf": expected[i].text, "gguf": got[i].text}
-                          for i in range(len(got)) if expected[i] != got[i]][:3],
+            "identical": sum(v["identical"] for v in per_group.values()), "by_kind": per_group,
         },
     }
-    if plain is not None:
-        result["hf_answers_unchanged_by_rounding"] = sum(a == b for a, b in zip(plain, expected))
-    result["llama_cpp"] = (_check_with_llama_cpp(gguf, tok, ids, [c.text for c in plain], max_new_tokens) if plain is not None
-                           and with_llama_cpp else
-                           {"ran": False, "why": "llama-cpp-python is not installed (pip install llama-cpp-python, a source build)"})
+    if with_llama_cpp and plain is not None:
+        flat_ids = {name: [tok(p, add_special_tokens=False)["input_ids"] for p in g] for name, g in groups.items() if g}
+        result["llama_cpp"] = _check_with_llama_cpp(gguf, tok, flat_ids, {n: [c.text for c in v] for n, v in plain.items()}, budgets)
+    else:
+        result["llama_cpp"] = {"ran": False, "why": "llama-cpp-python is not installed (pip install llama-cpp-python, a source build)"}
     result["passed"] = (result["tokenizer_identical"] == len(ids)
                         and (rounding is None or result["transformers_reads_gguf"]["identical"] == len(ids)))
     return result
 
 
-def _check_with_llama_cpp(gguf: Path, tok: Any, ids: list[list[int]], reference: list[str], max_new_tokens: int) -> dict[str, Any]:
+def _check_with_llama_cpp(gguf: Path, tok: Any, ids: dict[str, list[list[int]]], reference: dict[str, list[str]],
+                          budgets: dict[str, int]) -> dict[str, Any]:
     from llama_cpp import Llama
 
     from selfguide.backends import hf_model
 
     end_ids = hf_model.end_token_ids(tok)
-    llm = Llama(model_path=str(gguf), n_ctx=max(len(x) for x in ids) + max_new_tokens + 8, verbose=False, seed=0)
-    got = []
-    for prompt in ids:
-        out: list[int] = []
-        for t in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
-            if t in end_ids or len(out) >= max_new_tokens:
-                break
-            out.append(t)
-        got.append(tok.decode(out, skip_special_tokens=True))
-    return {"ran": True, "reference": "HF model, float32", "identical": sum(a == b for a, b in zip(reference, got)),
-            "differing": [{"prompt": i, "hf": reference[i], "llama_cpp": got[i]}
-                          for i in range(len(got)) if reference[i] != got[i]][:3]}
+    longest = max(len(x) for g in ids.values() for x in g)
+    llm = Llama(model_path=str(gguf), n_ctx=longest + max(budgets.values()) + 8, verbose=False, seed=0)
+    by_kind = {}
+    for name, group in ids.items():
+        got = []
+        for prompt in group:
+            out: list[int] = []
+            for t in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, reset=True):
+                if t in end_ids or len(out) >= budgets[name]:
+                    break
+                out.append(t)
+            got.append(tok.decode(out, skip_special_tokens=True))
+        ref = reference[name]
+        by_kind[name] = {"prompts": len(got), "identical": sum(a == b for a, b in zip(ref, got)),
+                         "differing": [{"prompt": i, "hf": ref[i], "llama_cpp": got[i]} for i in range(len(got)) if ref[i] != got[i]][:3]}
+    return {"ran": True, "reference": "HF model, float32", "identical": sum(v["identical"] for v in by_kind.values()),
+            "by_kind": by_kind}
 
 
 def export_model(ctx: Any, out: Path, gguf: bool, outtype: str = "f16", converter: Optional[str] = None,
@@ -251,8 +285,8 @@ def export_model(ctx: Any, out: Path, gguf: bool, outtype: str = "f16", converte
         if check:
             from selfguide.backends.hf_model import load_tokenizer
 
-            texts = check_prompts(ctx, load_tokenizer(model_dir))
-            info["gguf_check"] = check_gguf(target, model_dir, texts, eval_budget(ctx), outtype)
+            groups = check_prompts(ctx, load_tokenizer(model_dir))
+            info["gguf_check"] = check_gguf(target, model_dir, groups, eval_budget(ctx), outtype)
             atomic_write_json(out / "gguf-check.json", info["gguf_check"])
     verdict_path = ctx.task_dir / "verdict.json"
     verdict = json.loads(verdict_path.read_text(encoding="utf-8")) if verdict_path.exists() else None
@@ -289,11 +323,12 @@ def model_card(ctx: Any, info: dict[str, Any], train: dict[str, Any], verdict: O
         chk = info.get("gguf_check")
         if chk:
             tr = chk["transformers_reads_gguf"]
+            kinds = "; ".join(f"{n}: {v['identical']}/{v['prompts']} ({v['distinct_completions']} distinct, up to "
+                              f"{v['max_new_tokens']} tokens)" for n, v in tr["by_kind"].items())
             lines += ["", "## GGUF check", "",
-                      f"Greedy answers on {chk['prompts']} prompts of the task (up to {chk['max_new_tokens']} tokens): "
-                      f"the GGUF read back by transformers gave the same tokens as the {tr['reference']} on "
-                      f"{tr['identical']} of {chk['prompts']}; its tokenizer encoded {chk['tokenizer_identical']} of "
-                      f"{chk['prompts']} prompts identically. "
+                      f"Greedy completions on {chk['prompts']} prompts of the task: the GGUF read back by transformers gave "
+                      f"the same tokens as the {tr['reference']} on {tr['identical']} of {chk['prompts']} ({kinds}); its "
+                      f"tokenizer encoded {chk['tokenizer_identical']} of {chk['prompts']} prompts identically. "
                       + (f"llama.cpp itself: {chk['llama_cpp']['identical']} of {chk['prompts']} identical to the "
                          "unrounded float32 model." if chk["llama_cpp"].get("ran") else
                          f"llama.cpp itself was not run here ({chk['llama_cpp']['why']}).")]
