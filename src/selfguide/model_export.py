@@ -127,7 +127,7 @@ def check_prompts(ctx: Any, tok: Any, k: Optional[int] = None) -> dict[str, list
     from selfguide.store import read_records
 
     total = k or CHECK_PROMPTS
-    inputs = [it.input for it in eval_items(ctx)] if ctx.task.split_items(ctx.cfg.evaluate.split) else []
+    inputs = [it.input for it in eval_items(ctx)]
     inputs += [p["input"] for p in read_records(ctx.stage_dir("annotate") / "pairs.jsonl")]
     inputs += [e.input for e in ctx.task.examples]
     answers = [render_prompt(tok, prompts.task_messages(ctx.task, x)) for x in list(dict.fromkeys(inputs))[: total - total // 2]]
@@ -180,7 +180,8 @@ def check_gguf(gguf: Path, model_dir: Path, groups: dict[str, list[str]], answer
     texts = [t for g in groups.values() for t in g]
     tok = hf_model.load_tokenizer(model_dir)
     g_tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in texts]
+    ids_by_group = {name: [tok(p, add_special_tokens=False)["input_ids"] for p in g] for name, g in groups.items() if g}
+    ids = [x for g in ids_by_group.values() for x in g]
     g_ids = [g_tok(p, add_special_tokens=False)["input_ids"] for p in texts]
     rounding = {"f16": torch.float16, "bf16": torch.bfloat16}.get(outtype)
     with_llama_cpp = importlib.util.find_spec("llama_cpp") is not None
@@ -223,8 +224,7 @@ def check_gguf(gguf: Path, model_dir: Path, groups: dict[str, list[str]], answer
         },
     }
     if with_llama_cpp and plain is not None:
-        flat_ids = {name: [tok(p, add_special_tokens=False)["input_ids"] for p in g] for name, g in groups.items() if g}
-        result["llama_cpp"] = _check_with_llama_cpp(gguf, tok, flat_ids, {n: [c.text for c in v] for n, v in plain.items()}, budgets)
+        result["llama_cpp"] = _check_with_llama_cpp(gguf, tok, ids_by_group, {n: [c.text for c in v] for n, v in plain.items()}, budgets)
     else:
         result["llama_cpp"] = {"ran": False, "why": "llama-cpp-python is not installed (pip install llama-cpp-python, a source build)"}
     result["passed"] = (result["tokenizer_identical"] == len(ids)
