@@ -3,6 +3,7 @@
 Methods (each a system in the task's evaluate/ folder, reusing every finished stage):
   prompt-zeroshot   base model, instruction only
   prompt-fewshot    base model, instruction + the task's examples (the paper's baseline)
+  prompt-calibrated base model as a classifier: label scores over demonstration orders, prior divided out (classification)
   finetune-fewshot  finetuned on the few real examples only (the paper's second baseline)
   icl-synthetic     base model prompted with the examples + synthetic pairs, as many as fit ICL_PROMPT_TOKENS
   selfguide         the full method
@@ -27,7 +28,7 @@ from selfguide.store import atomic_write_json, atomic_write_text, cpu_vector_fla
 from selfguide.task import Example, load_task
 
 log = logging.getLogger(__name__)
-METHODS = ("prompt-zeroshot", "prompt-fewshot", "finetune-fewshot", "icl-synthetic", "selfguide")
+METHODS = ("prompt-zeroshot", "prompt-fewshot", "prompt-calibrated", "finetune-fewshot", "icl-synthetic", "selfguide")
 # Prompt budget of icl-synthetic on CPU: SmolLM2 reads 8k tokens, but prefill cost grows with it.
 ICL_PROMPT_TOKENS = 2048
 
@@ -85,8 +86,9 @@ def _icl_shots(ctx: Context, backend: Any, items: list[Any]) -> list[Example]:
 def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
     """Every requested method for one task; returns its result row."""
     from selfguide import pipeline
-    from selfguide.stages.evaluate import (base_backend_factory, base_identity, eval_items, evaluate_prompting,
+    from selfguide.stages.evaluate import (base_backend_factory, base_identity, eval_items, evaluate_calibrated, evaluate_prompting,
                                            evaluate_trained, primary_metric, run_evaluate, verdict)
+    from selfguide.stages.generate import run_generate
     from selfguide.stages.train import run_train
 
     t0 = time.time()
@@ -110,9 +112,13 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         shots = _icl_shots(ctx, base_factory(), eval_items(ctx))
         results["icl-synthetic"] = evaluated(run_evaluate(ctx, "icl-synthetic", base_identity(ctx), base_factory, shots))
         results["icl-synthetic"]["shots"] = len(shots)
+    if "prompt-calibrated" in methods and task.labels:
+        if ctx.cfg.evaluate.calibration == "generative" and "generate" not in manifests:
+            manifests["generate"] = run_generate(ctx)  # its prior is the synthetic pool's
+        results["prompt-calibrated"] = evaluated(evaluate_calibrated(ctx))
     ctx.close_backend()
     if "finetune-fewshot" in methods:
-        few_ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, train=dataclasses.replace(ctx.cfg.train, batch_size=1)))
+        few_ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, train=dataclasses.replace(ctx.cfg.train, batch_size=1, replay_share=0.0)))
         m = run_train(few_ctx, _fewshot_pairs(ctx), "train-fewshot")
         results["finetune-fewshot"] = evaluated(evaluate_trained(ctx, m, "finetune-fewshot"))
     if "selfguide" in methods:

@@ -357,6 +357,8 @@ def run_cmd(quick: bool, **opts: Any) -> None:
         _scores_table(v)
     click.echo("stage seconds: " + ", ".join(f"{k} {s}" for k, s in v["stage_seconds"].items()))
     click.echo(v["sentence"])
+    if v.get("diagnosis"):
+        click.echo(v["diagnosis"]["line"])
     click.echo(f"finetuned model: {result.manifests['train']['model_dir']}")
     click.echo(f"report: {result.report}")
     click.echo(f"verdict: {ctx.task_dir / 'verdict.json'}")
@@ -368,14 +370,16 @@ def run_cmd(quick: bool, **opts: Any) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
 @click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")
 @click.option("--split", default=None, type=click.Choice(["test", "validation", "test_small", "all"]), help="Evaluation split (default test_small).")
-@click.option("--methods", default=",".join(["prompt-zeroshot", "prompt-fewshot", "finetune-fewshot", "icl-synthetic", "selfguide"]),
-              help="Comma-separated methods.")
+@click.option("--methods", default=",".join(["prompt-zeroshot", "prompt-fewshot", "prompt-calibrated", "finetune-fewshot",
+                                             "icl-synthetic", "selfguide"]), help="Comma-separated methods.")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="Synthesis seeds: one run per seed (NAME-sSEED), then a table of means, spreads and pooled CIs.")
 @click.option("--name", default="bench", help="Run name under the run folder.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results file stem (default docs/benchmarks/niv2-<model>).")
 @click.option("--reuse-from", default=None, metavar="NAME",
               help="Another run's name: copy its finished stages wherever this run's settings leave them unchanged.")
 def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-          split: Optional[str], methods: str, name: str, out: Optional[str], reuse_from: Optional[str]) -> None:
+          split: Optional[str], methods: str, seeds: Optional[str], name: str, out: Optional[str], reuse_from: Optional[str]) -> None:
     """Benchmark methods over many tasks (a folder such as ../shared/niv2, or files), resumably."""
     import re
 
@@ -394,7 +398,30 @@ def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[s
     attach_run_log(Path(cfg.run_dir) / cfg.name / "selfguide.log")
     slug = re.sub(r"[^a-z0-9.-]+", "-", resolve_model(cfg.model.name).name.lower()).strip("-")
     target = Path(out) if out else Path("docs") / "benchmarks" / f"niv2-{slug}"
-    data = run_bench(tasks, cfg, [m.strip() for m in methods.split(",") if m.strip()], target.with_suffix(""), reuse_from=reuse_from)
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    if seeds:
+        import dataclasses
+
+        from selfguide import bench_seeds
+        from selfguide.errors import UserInputError
+
+        try:
+            seed_list = sorted({int(x) for x in seeds.split(",") if x.strip()})
+        except ValueError:
+            raise UserInputError(f"--seeds {seeds!r}: expected comma-separated integers, e.g. --seeds 42,43,44") from None
+        per_seed = {}
+        for seed in seed_list:
+            seed_cfg = dataclasses.replace(cfg, seed=seed, name=bench_seeds.seed_name(cfg.name, seed))
+            seed_out = target.with_suffix("").with_name(f"{target.with_suffix('').name}-s{seed}")
+            per_seed[seed] = run_bench(tasks, seed_cfg, method_list, seed_out,
+                                       reuse_from=bench_seeds.seed_name(reuse_from, seed) if reuse_from else None)
+        data = bench_seeds.summarize(per_seed, Path(cfg.run_dir), cfg.name, cfg.evaluate.bootstrap)
+        bench_seeds.write(target.with_suffix(""), data)
+        for kind, a in data["averages"].items():
+            click.echo(f"{kind}: {a['tasks']} tasks, mean delta over seeds {a['delta']} points ({a['metric']})")
+        click.echo(f"results: {target.with_suffix('.md')}")
+        return
+    data = run_bench(tasks, cfg, method_list, target.with_suffix(""), reuse_from=reuse_from)
     for kind, a in data["averages"].items():
         click.echo(f"{kind}: {a['tasks']} tasks, mean delta {a['delta']} points ({a['metric']})")
     click.echo(f"results: {target.with_suffix('.md')}")

@@ -45,23 +45,29 @@ class GenerateConfig:
     label_conditioned: bool = True  # classification: ask for an input whose answer is a random label
     length_filter: bool = True  # keep inputs within mu +/- 2 sigma chars of the example inputs (widened, filters.length_window)
     near_duplicate_threshold: Optional[float] = 0.85  # char 5-gram Jaccard; null disables
+    rouge_threshold: Optional[float] = None  # Self-Instruct: reject when word ROUGE-L F vs an example or kept input >= this (0.7); null = off
     noise_terms: tuple[str, ...] = ()  # extra per-task noise terms (added to the defaults)
     placeholder_filter: bool = False  # reject inputs with bracketed slots like "[n]" (turned off, with a warning, for tasks whose examples have them)
 
 
 @dataclass(frozen=True)
 class AnnotateConfig:
-    n: int = 10  # samples per input (self-consistency)
+    labeller: str = "vote"  # vote: n samples + majority (the paper) | score: each label's likelihood (classification) | mbr: the sample closest to the others (generation)
+    orders: int = 6  # score: demonstration orders averaged over (all 6 for 3 examples; a seeded sample beyond)
+    calibration: str = "none"  # score: none | batch | generative | content-free label prior divided out (calibration.py)
+    min_margin: float = 0.0  # score: drop inputs whose calibrated top-1 minus runner-up probability is below this
+    n: int = 10  # vote: samples per input (self-consistency)
     temperature: float = 0.2
     top_k: int = 10
     top_p: float = 1.0
     max_new_tokens: Optional[int] = None  # None = derived from the examples' output lengths
-    min_agreement: float = 0.3  # majority answer needs this share of the surviving samples
+    min_agreement: float = 0.3  # vote: the majority answer needs this share of the surviving samples; mbr: this mean ROUGE-L to the others
     output_length_filter: Optional[bool] = None  # None = on for generation, off for classification
     label_source: str = "annotate"  # annotate | conditioned | agree (classification only)
     agree_margin: float = 0.5  # agree: drop when another label holds at least this share of votes
     balance: str = "downsample"  # downsample | cap | off (classification only)
     balance_cap: float = 2.0  # with balance=cap: max ratio of the largest to the rarest class
+    balance_by: str = "random"  # which inputs of a class balancing keeps: random | confidence (highest margin/agreement)
     chunk_size: int = 16  # inputs per backend call; the unit of resume
 
 
@@ -73,6 +79,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_seq_len: int = 1024  # longer examples are dropped (counted), as in the paper
+    replay_share: float = 0.0  # the task's real examples, repeated to make up this share of the training set (0 = the paper: synthetic only)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -89,6 +96,7 @@ class EvaluateConfig:
     metrics: str = "official"  # official (NIv2) | paper (paper-compatible); both are always stored
     bootstrap: int = 1000  # paired bootstrap resamples for the verdict's CI (at least MIN_BOOTSTRAP)
     baselines: tuple[str, ...] = ("fewshot", "zeroshot")
+    calibration: str = "generative"  # prompt-calibrated (classification): none | batch | generative | content-free
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,10 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.device": ("auto", "cpu", "cuda"),
     "annotate.label_source": ("annotate", "conditioned", "agree"),
     "annotate.balance": ("downsample", "cap", "off"),
+    "annotate.labeller": ("vote", "score", "mbr"),
+    "annotate.calibration": ("none", "batch", "generative", "content-free"),
+    "annotate.balance_by": ("random", "confidence"),
+    "evaluate.calibration": ("none", "batch", "generative", "content-free"),
     "train.method": ("lora", "full"),
     "train.bf16": ("auto", "true", "false"),
     "evaluate.split": ("test", "validation", "test_small", "all"),
@@ -135,6 +147,9 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "generate.max_new_tokens": (1, 8192, True),
     "generate.max_pool_examples": (0, 100, True),
     "generate.near_duplicate_threshold": (0, 1, False),
+    "generate.rouge_threshold": (0, 1, False),
+    "annotate.orders": (1, 720, True),
+    "annotate.min_margin": (0, 1, True),
     "annotate.n": (1, 1000, True),
     "annotate.temperature": (0, 5, True),
     "annotate.top_k": (0, 100_000, True),
@@ -149,6 +164,7 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "train.batch_size": (1, 4096, True),
     "train.grad_accum": (1, 4096, True),
     "train.max_seq_len": (16, 1_000_000, True),
+    "train.replay_share": (0, 0.9, True),
     "train.lora_r": (1, 4096, True),
     "train.lora_alpha": (1, 100_000, True),
     "train.lora_dropout": (0, 1, True),
@@ -266,6 +282,10 @@ def _validate(cfg: RunConfig, errors: list[str]) -> None:
         errors.append(f"annotate.label_source={cfg.annotate.label_source} uses the label each input was generated for, but "
                       "generate.label_conditioned=false generates inputs without one; set generate.label_conditioned=true "
                       "or annotate.label_source=annotate")
+    a = cfg.annotate
+    if a.labeller == "vote" and (a.calibration != "none" or a.min_margin):
+        errors.append("annotate.calibration and annotate.min_margin act on label scores; set annotate.labeller=score "
+                      "(or leave them at none and 0 for the vote)")
     if cfg.train.epochs and cfg.train.batch_size * cfg.train.grad_accum > 100_000:
         errors.append("train.batch_size * train.grad_accum is over 100000; lower one of them")
 

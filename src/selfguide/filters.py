@@ -110,18 +110,47 @@ def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b)
 
 
-class DedupIndex:
-    """Exact (normalised) and near-duplicate (char 5-gram Jaccard) lookup over accepted texts."""
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", normalize_for_dedup(text))
 
-    def __init__(self, near_threshold: Optional[float]):
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Longest common subsequence of two token lists (one row of the DP table at a time)."""
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l_f(a: list[str], b: list[str]) -> float:
+    """ROUGE-L F1 over words: 2 LCS / (|a| + |b|) (rouge-score's F-measure with beta 1)."""
+    if not a or not b:
+        return 0.0
+    return 2 * lcs_length(a, b) / (len(a) + len(b))
+
+
+class DedupIndex:
+    """Exact (normalised), near-duplicate (char 5-gram Jaccard) and, optionally, Self-Instruct's
+    ROUGE-L rule (a candidate too similar to any accepted text is rejected) over accepted texts."""
+
+    def __init__(self, near_threshold: Optional[float], rouge_threshold: Optional[float] = None):
         self.near_threshold = near_threshold
+        self.rouge_threshold = rouge_threshold
         self._exact: set[str] = set()
         self._shingles: list[frozenset[str]] = []
+        self._words: list[list[str]] = []
 
     def add(self, text: str) -> None:
         self._exact.add(normalize_for_dedup(text))
         if self.near_threshold is not None:
             self._shingles.append(shingles(text))
+        if self.rouge_threshold is not None:
+            self._words.append(words(text))
 
     def check(self, text: str) -> Optional[str]:
         if normalize_for_dedup(text) in self._exact:
@@ -131,6 +160,12 @@ class DedupIndex:
             for other in self._shingles:
                 if jaccard(sh, other) >= self.near_threshold:
                     return "near_duplicate"
+        if self.rouge_threshold is not None:
+            w, t = words(text), self.rouge_threshold
+            for other in self._words:
+                # 2 LCS / (|a| + |b|) cannot reach t when the shorter text is too short: skip the DP
+                if 2 * min(len(w), len(other)) >= t * (len(w) + len(other)) and rouge_l_f(w, other) >= t:
+                    return "rouge_similar"
         return None
 
 

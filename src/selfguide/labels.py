@@ -67,13 +67,44 @@ def majority_vote(samples: Sequence[str], min_agreement: float) -> Vote:
     return Vote(best if ok else None, counts[best], total, dict(counts))
 
 
+def mbr_pick(samples: Sequence[str], min_agreement: float) -> Vote:
+    """Minimum Bayes risk selection for free text: the sample with the highest mean word ROUGE-L F
+    to the other samples (ties to the shortest, then first seen), accepted when that mean is at
+    least `min_agreement`. Exact-string voting almost never finds a majority among free-text
+    samples; their consensus is what MBR picks (Finkelstein et al. 2023). `count` is unused (0)
+    and `total` the number of samples; the agreement is the mean ROUGE-L."""
+    from selfguide.filters import rouge_l_f, words
+
+    if not samples:
+        return Vote(None, 0, 0, {})
+    if len(samples) == 1:  # nothing to agree with: kept only without a threshold
+        return MBRVote(samples[0] if min_agreement <= 0 else None, 0, 1, {samples[0]: 1}, 0.0)
+    toks = [words(s) for s in samples]
+    means = []
+    for i, a in enumerate(toks):
+        means.append(sum(rouge_l_f(a, b) for j, b in enumerate(toks) if j != i) / (len(toks) - 1))
+    best = min(range(len(samples)), key=lambda i: (-means[i], len(samples[i]), i))
+    return MBRVote(samples[best] if means[best] >= min_agreement else None, 0, len(samples), dict(Counter(samples)), means[best])
+
+
+@dataclass(frozen=True)
+class MBRVote(Vote):
+    mean_rouge: float = 0.0
+
+    @property
+    def agreement(self) -> float:
+        return self.mean_rouge
+
+
 def balance_classes(
-    items: Sequence[dict], label_key: str, mode: str, cap: float, seed: int
+    items: Sequence[dict], label_key: str, mode: str, cap: float, seed: int, rank_key: Optional[str] = None
 ) -> tuple[list[dict], list[dict]]:
     """Down-sample classes. Returns (kept, dropped), kept in the input's relative order.
 
     mode "downsample": every class to the rarest class's count (the paper);
     mode "cap": no class above `cap` x the rarest; mode "off": keep all.
+    Which items of a class stay: a seeded random sample, or with `rank_key` the items with the
+    highest value of that field (the labeller's confidence; ties by position).
     With fewer than two classes there is nothing to balance against, so all items are kept.
     """
     by_label: dict[str, list[int]] = {}
@@ -87,7 +118,12 @@ def balance_classes(
     keep: set[int] = set()
     for label in sorted(by_label):
         idx = by_label[label]
-        keep.update(idx if len(idx) <= limit else rng.sample(idx, limit))
+        if len(idx) <= limit:
+            keep.update(idx)
+        elif rank_key:
+            keep.update(sorted(idx, key=lambda i: (-items[i][rank_key], i))[:limit])
+        else:
+            keep.update(rng.sample(idx, limit))
     kept = [it for i, it in enumerate(items) if i in keep]
     dropped = [it for i, it in enumerate(items) if i not in keep]
     return kept, dropped

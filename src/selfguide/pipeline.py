@@ -34,6 +34,9 @@ def make_context(
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     run_cfg = cfg or load_config(config, overrides, extra)
     ctx = Context(run_cfg, spec, force=force, backend_factory=backend_factory, progress=progress or Progress())
+    from selfguide.stages.annotate import check_settings
+
+    check_settings(ctx)
     return ctx
 
 
@@ -108,6 +111,7 @@ def run(
 
     from selfguide.config import QUICK_PRESET
     from selfguide.report import write_report
+    from selfguide.stages.diagnose import diagnose
     from selfguide.stages.evaluate import evaluate_baselines, evaluate_trained, has_eval_items, no_items_line, no_verdict
     from selfguide.stages.evaluate import verdict as compute_verdict
     from selfguide.stages.train import run_train, write_model_card
@@ -131,8 +135,13 @@ def run(
     labelled = has_eval_items(ctx)
     if not labelled:
         log.warning(no_items_line(ctx))  # before any work: the user learns it in the first lines
+    # The base model's baselines come first: the diagnosis reads them before any synthesis.
+    baselines = timed("evaluate-baselines", lambda: evaluate_baselines(ctx)) if labelled else {}
+    diagnosis = timed("diagnose", lambda: diagnose(ctx)) if labelled else None
+    if diagnosis:
+        (log.warning if diagnosis["no_signal"] else log.info)(diagnosis["line"])
     manifests = timed("synthesize", lambda: synthesize(ctx))
-    manifests["baselines"] = timed("evaluate-baselines", lambda: evaluate_baselines(ctx)) if labelled else {}
+    manifests["baselines"] = baselines
     ctx.close_backend()  # free the generation model before training needs the memory
     manifests["train"] = timed("train", lambda: run_train(ctx))
     if labelled:
@@ -141,6 +150,7 @@ def run(
     else:
         v = no_verdict(ctx)
     v["model"] = manifests["generate"]["inputs"]["model"]
+    v["diagnosis"] = diagnosis
     evaluations = [*manifests["baselines"].items(), *([("selfguide", manifests["selfguide"])] if labelled else [])]
     v["stage_seconds"] = {name: m.get("seconds") for name, m in
                           [("generate", manifests["generate"]), ("annotate", manifests["annotate"]), ("train", manifests["train"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from selfguide.stages.context import Context
+from selfguide.stages.train import training_data_words
 from selfguide.store import atomic_write_text, read_records
 
 METRIC_NAMES = {
@@ -120,11 +121,13 @@ def write_report(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any
          f"- evaluation: none (no labelled items in split `{verdict['split']}`)"),
         f"- finetuned model: `{manifests['train']['model_dir']}` (merged safetensors, tokenizer, model card)",
         f"- training: {t.method}, {t.epochs} epochs, seed {ctx.cfg.seed}; "
-        f"{manifests['train']['counts']['trained_on']} synthetic pairs",
+        f"{training_data_words(manifests['train']['counts'])}",
         f"- config: `{ctx.task_dir / 'config.yaml'}`",
     ]
     counts = manifests["annotate"]["counts"]
-    md = [f"# selfguide report: {ctx.task.id}", "", f"**{verdict['sentence']}**", "", *header, "", "## Verdict", ""]
+    diagnosis = (verdict.get("diagnosis") or {}).get("line")
+    md = [f"# selfguide report: {ctx.task.id}", "", f"**{verdict['sentence']}**", "", *([diagnosis, ""] if diagnosis else []),
+          *header, "", "## Verdict", ""]
     if s["score_rows"]:
         md += _md_table(s["score_header"], s["score_rows"])
         md += ["", "Scores in points (0-100). Deltas with a paired bootstrap 95% CI over items."]
@@ -171,6 +174,7 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _html(ctx: Context, verdict: dict[str, Any], header: list[str], s: dict[str, Any], plots: dict[str, Path]) -> str:
+    diagnosis = (verdict.get("diagnosis") or {}).get("line")
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>selfguide report: {html.escape(ctx.task.id)}</title>",
@@ -180,6 +184,7 @@ def _html(ctx: Context, verdict: dict[str, Any], header: list[str], s: dict[str,
         "img{max-width:100%}</style></head><body>",
         f"<h1>selfguide report: {html.escape(ctx.task.id)}</h1>",
         f"<p class='verdict' id='verdict'>{html.escape(verdict['sentence'])}</p>",
+        f"<p id='diagnosis'>{html.escape(diagnosis)}</p>" if diagnosis else "",
         "<ul>" + "".join(f"<li>{html.escape(h[2:].replace('`', ''))}</li>" for h in header) + "</ul>",
         "<h2>Verdict</h2>", _html_table(s["score_header"], s["score_rows"]) if s["score_rows"] else "<p>Nothing was evaluated.</p>",
         "<h2>Synthesis funnel</h2>", _html_table(["step", "count"], s["funnel"]), _img(plots["funnel"], "funnel"),

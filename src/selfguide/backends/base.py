@@ -5,6 +5,9 @@ returns n completions per prompt, in prompt order, with stop strings and end-of-
 off, each saying why it ended: "stop" (end-of-turn token or stop string) or "length" (cut by
 max_new_tokens, so the text may be unfinished). temperature 0 means greedy. The same call with
 the same seed returns the same texts.
+`score(prompts, continuations) -> list[list[TokenScore]]` gives, for every prompt and every
+continuation, the log-probability of the continuation as a complete answer (its tokens, then
+the end-of-turn token) after the prompt: what the scored labeller ranks labels by.
 Chat templating happens through `render`, so every backend sees identical prompt strings.
 """
 
@@ -28,6 +31,19 @@ class Completion:
         return self.finish == LENGTH
 
 
+@dataclass(frozen=True)
+class TokenScore:
+    """log p(continuation + end of turn | prompt): the sum over its tokens and how many there were."""
+
+    logprob: float
+    tokens: int
+
+    @property
+    def mean(self) -> float:
+        """Length-normalised: labels of different token counts compare fairly."""
+        return self.logprob / self.tokens
+
+
 class Backend(Protocol):
     name: str
 
@@ -45,6 +61,8 @@ class Backend(Protocol):
         stop: Sequence[str] = (),
         seed: int = 0,
     ) -> list[list[Completion]]: ...
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[TokenScore]]: ...
 
     def count_tokens(self, text: str) -> int: ...
 

@@ -4,7 +4,9 @@ By default it behaves like a tiny but well-formed model: asked for a new input i
 of the example inputs with a few new words; asked a task prompt it answers with a label chosen
 by a hash of the input (or, for generation, the input's words reversed). Pass `script` to return
 exactly what a test needs: `script(prompt, sample_index, seed) -> str`. A word counts as a token:
-a text longer than max_new_tokens words is cut there and reported as cut ("length").
+a text longer than max_new_tokens words is cut there and reported as cut ("length"). Scores
+agree with the greedy answer: it gets log-probability -0.5 a token, anything else -3 a token,
+plus a little noise from a hash of the prompt and continuation (so demonstration orders differ).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from selfguide.backends.base import Completion, finish_text, render_plain
+from selfguide.backends.base import Completion, TokenScore, finish_text, render_plain
 
 _WORDS = (
     "river quiet market seven yellow garden teacher window ancient signal cotton morning bridge "
@@ -74,6 +76,20 @@ class FakeBackend:
                 else:
                     samples.append(finish_text(text, stop, ended=True))
             out.append(samples)
+        return out
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[TokenScore]]:
+        self.calls.append({"prompts": len(prompts), "score": len(continuations)})
+        out = []
+        for prompt in prompts:
+            greedy = (self.script(prompt, 0, 0) if self.script else self._default(prompt, 0)).strip()
+            row = []
+            for c in continuations:
+                tokens = len(c.split()) + 1  # the words, then the end of the turn
+                per_token = -0.5 if c.strip() == greedy else -3.0
+                noise = (_h("score", prompt, c) % 1000) / 10_000
+                row.append(TokenScore(per_token * tokens - noise, tokens))
+            out.append(row)
         return out
 
     def _default(self, prompt: str, seed: int) -> str:

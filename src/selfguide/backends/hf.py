@@ -10,7 +10,7 @@ import logging
 from typing import Any, Optional, Sequence
 
 from selfguide.backends import hf_model
-from selfguide.backends.base import Completion, finish_text
+from selfguide.backends.base import Completion, TokenScore, finish_text
 from selfguide.errors import BackendError
 from selfguide.models import ModelRef, resolve_model
 
@@ -60,6 +60,7 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         self.model = hf_model.load_model(path, self.dtype, self.device)
         self.end_ids = hf_model.end_token_ids(self.tokenizer, self.model)
+        self.end_text = hf_model.end_of_turn_text(self.tokenizer)
         self._identity = {**self.ref.identity(), "engine": "transformers", "dtype": str(self.dtype).replace("torch.", "")}
 
     # -- contract -------------------------------------------------------------------------
@@ -113,6 +114,61 @@ class HFBackend:
             result = [r * n for r in result]
         return result
 
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[TokenScore]]:
+        """log p(continuation + end of turn | prompt) for every pair, by teacher forcing.
+
+        The prefix all prompts share is encoded once; each row is then (left padding, the prompt's
+        own suffix, one continuation), right-aligned so the continuation's logits are the row's last
+        positions and only those go through the output head."""
+        import copy
+
+        import torch
+
+        if not prompts or not continuations:
+            return [[] for _ in prompts]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        conts = [self.tokenizer(c + self.end_text, add_special_tokens=False)["input_ids"] for c in continuations]
+        prefix_len = shared_prefix_len(ids) if self.prefix_cache else 0
+        prefix = HFBackend._encode_prefix(self, ids[0][:prefix_len]) if prefix_len else None
+        jobs = [(p, c) for p in range(len(ids)) for c in range(len(conts))]
+        order = sorted(range(len(jobs)), key=lambda j: (-len(ids[jobs[j][0]]), j))
+        found: dict[int, TokenScore] = {}
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            rows = [ids[jobs[j][0]][prefix_len:] + conts[jobs[j][1]] for j in batch]
+            width = max(len(r) for r in rows)
+            keep = max(len(conts[jobs[j][1]]) for j in batch) + 1
+            tokens, masks, positions = [], [], []
+            for r in rows:
+                gap = width - len(r)
+                tokens.append([pad] * gap + r)
+                masks.append([1] * prefix_len + [0] * gap + [1] * len(r))
+                positions.append([prefix_len] * gap + list(range(prefix_len, prefix_len + len(r))))
+            kwargs: dict[str, Any] = {}
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(len(batch))
+                kwargs["cache"] = cache
+            with torch.inference_mode():
+                logits = self.model(
+                    input_ids=torch.tensor(tokens, device=self.device),
+                    attention_mask=torch.tensor(masks, device=self.device),
+                    position_ids=torch.tensor(positions, device=self.device),
+                    use_cache=prefix is not None, logits_to_keep=keep, **kwargs,
+                ).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for row, j in enumerate(batch):
+                cont = conts[jobs[j][1]]
+                c = len(cont)
+                # logits at position t predict token t+1: the continuation's predictors end one before the row
+                picked = logprobs[row, keep - 1 - c : keep - 1].gather(1, torch.tensor(cont, device=self.device)[:, None])
+                found[j] = TokenScore(float(picked.sum()), c)
+        result: list[list[TokenScore]] = [[] for _ in prompts]
+        for j, (p, _) in enumerate(jobs):
+            result[p].append(found[j])
+        return result
+
     # -- internals --------------------------------------------------------------------------
 
     def _encode_prefix(self, prefix_ids: list[int]) -> Any:
@@ -120,7 +176,7 @@ class HFBackend:
         import torch
 
         with torch.inference_mode():
-            return self.model(torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
+            return self.model(torch.tensor([prefix_ids], device=self.device), use_cache=True).cache
 
     def _generate_batch(
         self, batch_ids: list[list[int]], prefix_len: int, prefix_cache: Any, greedy: bool, temperature: float,
@@ -152,7 +208,7 @@ class HFBackend:
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch_ids))
-            kwargs["past_key_values"] = cache
+            kwargs["cache"] = cache
         if greedy:
             kwargs.update(temperature=None, top_k=None, top_p=None)
         else:

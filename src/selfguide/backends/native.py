@@ -19,7 +19,7 @@ from collections import deque
 from typing import Any, Optional, Sequence
 
 from selfguide.backends import hf_model
-from selfguide.backends.base import Completion, finish_text
+from selfguide.backends.base import Completion, TokenScore, finish_text
 from selfguide.backends.hf import HFBackend, shared_prefix_len
 from selfguide.backends.kv_store import BLOCK, KVStore
 from selfguide.errors import BackendError
@@ -189,6 +189,40 @@ class NativeBackend(HFBackend):
                 retire(done)
         return texts
 
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[TokenScore]]:
+        """log p(continuation + end of turn | prompt), teacher-forced. The shared prefix is encoded
+        once, each prompt's own tokens once (their last logits give every continuation's first
+        token), then all continuations' remaining tokens in one batch over those prompt KVs: the
+        labels add a few tokens each, not another pass over the prompt."""
+        import torch
+
+        if not prompts or not continuations:
+            return [[] for _ in prompts]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        conts = [self.tokenizer(c + self.end_text, add_special_tokens=False)["input_ids"] for c in continuations]
+        P = shared_prefix_len(ids) if self.prefix_cache else 0
+        suffixes = [x[P:] for x in ids]
+        result: list[list[TokenScore]] = []
+        with torch.inference_mode():
+            prefix_kv = self._encode_prefix(ids[0][:P]) if P else None
+            prefix = _per_layer(prefix_kv) if P else None
+            encoded: dict[int, Any] = {}
+            self._encode(list(range(len(ids))), ids, suffixes, prefix_kv, P, 1, encoded)
+            firsts = {p: torch.log_softmax(encoded[p][1], -1) for p in encoded}
+            jobs = [(p, c) for p in range(len(ids)) for c in range(len(conts))]
+            rest: dict[tuple[int, int], float] = {}
+            for start in range(0, len(jobs), SCORE_ROWS):
+                group = jobs[start : start + SCORE_ROWS]
+                rows = [conts[c][:-1] for _, c in group]  # each continuation's tokens after its first
+                logprobs = torch.log_softmax(self.decoder.all_logits(rows, prefix, P, [encoded[p][0] for p, _ in group]), -1)
+                for r, (p, c) in enumerate(group):
+                    cont = conts[c]
+                    picked = logprobs[r, : len(cont) - 1].gather(1, torch.tensor(cont[1:], device=self.device)[:, None])
+                    rest[(p, c)] = float(picked.sum())
+        for p in range(len(ids)):
+            result.append([TokenScore(float(firsts[p][cont[0]]) + rest[(p, c)], len(cont)) for c, cont in enumerate(conts)])
+        return result
+
     def _encode_prefix(self, prefix_ids: list[int]) -> Any:
         """KV [layers, 2, n_kv, P, d] of the call's shared prefix, always from one whole pass
         (stored or afresh: the same bits either way), so calls that share only this prefix give
@@ -256,6 +290,7 @@ def _stack_rows(kv: list[tuple[Any, Any]], row: int, n: int) -> Any:
     return torch.stack([torch.stack([k[row, :, :n], v[row, :, :n]]) for k, v in kv])
 
 
+SCORE_ROWS = 32  # continuations scored per pass (each row carries its prompt's KV: memory grows with it)
 PREFILL_TOKENS = 2048  # padded tokens per batched prompt encoding; larger batches measured no faster (L2-sized activations)
 # A prompt joins a prefill batch only if it is at least this share of the batch's width: padding
 # costs what real tokens cost (15% faster generate-stage prefill than filling by PREFILL_TOKENS alone).

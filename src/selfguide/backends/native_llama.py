@@ -199,6 +199,30 @@ class LlamaDecoder:
         follow its own already-encoded tokens `middles[b]` (KV [layers, 2, n_kv, m_b, d], positions
         start..start+m_b; its tokens then start at start+m_b). Returns per layer K/V [B, n_kv, T, d]
         (row b valid up to len(seqs[b])) and the logits after each sequence's last token [B, vocab]."""
+        kv, x = self._forward(seqs, prefix, start, middles)
+        last = torch.tensor([len(s) - 1 for s in seqs], device=x.device)
+        return kv, self.logits(x[torch.arange(len(seqs), device=x.device), last])
+
+    def all_logits(
+        self,
+        seqs: list[list[int]],
+        prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]],
+        start: int,
+        middles: Optional[list[Optional[torch.Tensor]]] = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] after every token of short rows (teacher-forced scoring of a few
+        continuation tokens that follow a prefix and each row's own encoded prompt)."""
+        _, x = self._forward(seqs, prefix, start, middles)
+        return self.logits(x)
+
+    def _forward(
+        self,
+        seqs: list[list[int]],
+        prefix: Optional[list[tuple[torch.Tensor, torch.Tensor]]],
+        start: int,
+        middles: Optional[list[Optional[torch.Tensor]]],
+    ):
+        """The layers of a prefill: per layer K/V and the final hidden states [B, T, hidden]."""
         B, T = len(seqs), max(len(s) for s in seqs)
         dev = self.embed.device
         mids = middles if middles is not None else [None] * B
@@ -239,8 +263,7 @@ class LlamaDecoder:
                 q, k.repeat_interleave(self.groups, 1), v.repeat_interleave(self.groups, 1), attn_mask=mask, scale=self.scale
             )
             x = self._finish_layer(layer, x, attn)
-        last = torch.tensor([len(s) - 1 for s in seqs], device=dev)
-        return kv, self.logits(x[torch.arange(B, device=dev), last])
+        return kv, x
 
     def decode(
         self,

@@ -14,7 +14,7 @@ import multiprocessing as mp
 from typing import Any, Optional, Sequence
 
 from selfguide.backends import hf_model
-from selfguide.backends.base import STOP, Completion, finish_text
+from selfguide.backends.base import STOP, Completion, TokenScore, finish_text
 from selfguide.errors import BackendError, BackendUnavailable
 from selfguide.models import ModelRef, resolve_model
 
@@ -34,7 +34,13 @@ def _engine_loop(conn: Any, engine_args: dict[str, Any]) -> None:
         if request is None:
             return
         try:
-            prompts, params = request
+            if request[0] == "score":  # token ids; the log-probability each prompt token got
+                rows = [{"prompt_token_ids": ids} for ids in request[1]]
+                outs = llm.generate(rows, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+                conn.send(("ok", [[None if lp is None else lp[tid].logprob for tid, lp in zip(ids, o.prompt_logprobs)]
+                                  for ids, o in zip(request[1], outs)]))
+                continue
+            prompts, params = request[1]
             sampling = [SamplingParams(**p) for p in params]
             outs = llm.generate(prompts, sampling, use_tqdm=False)
             conn.send(("ok", [[(c.text, c.finish_reason) for c in o.outputs] for o in outs]))
@@ -87,6 +93,7 @@ class VLLMBackend:
         path = hf_model.materialize(self.ref)
         self.tokenizer = hf_model.load_tokenizer(path)
         self.end_ids = hf_model.end_token_ids(self.tokenizer)
+        self.end_text = hf_model.end_of_turn_text(self.tokenizer)
         vllm_dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16"}[dtype]
         engine_args = {
             "model": str(path), "tokenizer": str(path), "dtype": vllm_dtype, "seed": 0,
@@ -131,7 +138,7 @@ class VLLMBackend:
              "ignore_eos": self.ignore_eos}
             for i in range(len(prompts))
         ]
-        self._conn.send((list(prompts), params))
+        self._conn.send(("generate", (list(prompts), params)))
         status, result = self._conn.recv()
         if status != "ok":
             raise BackendError(f"vLLM generation failed: {result}")
@@ -140,6 +147,20 @@ class VLLMBackend:
         if temperature <= 0 and n > 1:
             out = [r * n for r in out]
         return out
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[list[TokenScore]]:
+        """log p(continuation + end of turn | prompt) from vLLM's prompt log-probabilities (prefix
+        caching shares the prompt between a prompt's continuations)."""
+        if not prompts or not continuations:
+            return [[] for _ in prompts]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        conts = [self.tokenizer(c + self.end_text, add_special_tokens=False)["input_ids"] for c in continuations]
+        self._conn.send(("score", [x + c for x in ids for c in conts]))
+        status, result = self._conn.recv()
+        if status != "ok":
+            raise BackendError(f"vLLM scoring failed: {result}")
+        flat = [TokenScore(float(sum(lps[-len(c):])), len(c)) for lps, c in zip(result, [c for _ in ids for c in conts])]
+        return [flat[i * len(conts) : (i + 1) * len(conts)] for i in range(len(ids))]
 
     def close(self) -> None:
         """End the engine process: the GPU memory is free when this returns."""

@@ -1,9 +1,17 @@
-"""Stage 2: the same model labels its inputs by few-shot prompting + self-consistency (method.md §5).
+"""Stage 2: the same model labels its inputs with the few-shot task prompt (method.md §5).
 
-Per input: n samples with the task prompt, per-sample filters (classification: mapped onto the
-label set, off-label samples dropped; generation: empty/length/noise), then a majority vote that
-needs `min_agreement` of the surviving samples. Chunks of inputs are the unit of resume.
-Then the label source (annotate | conditioned | agree) and class balancing give pairs.jsonl.
+labeller=vote (the paper): n samples per input, per-sample filters (classification: mapped onto
+the label set, off-label samples dropped; generation: empty/length/noise), then a majority vote
+that needs `min_agreement` of the surviving samples.
+labeller=mbr (generation): the same samples, but the answer is the one with the highest mean
+ROUGE-L to the others (exact-string majorities are rare in free text), kept when that mean is at
+least `min_agreement`.
+labeller=score (classification): each label's likelihood as the answer, averaged over
+demonstration orders (label_scores.py); at selection the label prior is divided out
+(`calibration`, over the pool: the model's own inputs) and inputs whose calibrated margin is
+below `min_margin` are dropped.
+Chunks of inputs are the unit of resume. Then the label source (annotate | conditioned | agree)
+and class balancing give pairs.jsonl.
 """
 
 from __future__ import annotations
@@ -14,11 +22,13 @@ import time
 from collections import Counter
 from typing import Any, Optional
 
-from selfguide import prompts
+from selfguide import label_scores, prompts
 from selfguide.backends.base import Completion
+from selfguide.calibration import argmax, calibrate, margin, mean_distribution
 from selfguide.config import to_dict
+from selfguide.errors import ConfigError
 from selfguide.filters import check_output, length_window
-from selfguide.labels import balance_classes, majority_vote, map_to_label
+from selfguide.labels import balance_classes, majority_vote, map_to_label, mbr_pick
 from selfguide.stages import generate
 from selfguide.stages.context import Context, derive_seed
 from selfguide.store import Stage, atomic_write_json, file_hash, read_records, write_records
@@ -41,7 +51,22 @@ def output_filter_on(ctx: Context) -> bool:
 
 # Settings that only choose among already-drawn votes: changing them (with --force) re-selects the
 # pairs without drawing the samples again.
-SELECTION_KEYS = ("label_source", "agree_margin", "balance", "balance_cap")
+SELECTION_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "balance_by", "calibration", "min_margin")
+
+
+def scored(ctx: Context) -> bool:
+    """The scored labeller is on (it needs a label set: checked before any work, check_settings)."""
+    return ctx.cfg.annotate.labeller == "score" and bool(ctx.task.labels)
+
+
+def check_settings(ctx: Context) -> None:
+    """Settings that contradict the task, refused before any stage runs."""
+    if ctx.cfg.annotate.labeller == "score" and not ctx.task.labels:
+        raise ConfigError(f"annotate.labeller=score ranks a task's labels, but {ctx.task.id} is a generation task "
+                          "(no label set); use annotate.labeller=vote or mbr for it")
+    if ctx.cfg.annotate.labeller == "mbr" and ctx.task.labels:
+        raise ConfigError(f"annotate.labeller=mbr picks the consensus of free-text samples, but {ctx.task.id} is a "
+                          "classification task (over labels it is the vote); use annotate.labeller=vote or score for it")
 
 
 def sampling_key(stage: Stage) -> dict[str, Any]:
@@ -79,7 +104,7 @@ def annotate_samples(ctx: Context, samples: list[Completion]) -> dict[str, Any]:
             if reason is None:
                 survivors.append(text)
         reasons.append(reason)
-    vote = majority_vote(survivors, a.min_agreement)
+    vote = mbr_pick(survivors, a.min_agreement) if a.labeller == "mbr" else majority_vote(survivors, a.min_agreement)
     return {
         "samples": [s.text for s in samples],
         "sample_reasons": reasons,
@@ -88,6 +113,36 @@ def annotate_samples(ctx: Context, samples: list[Completion]) -> dict[str, Any]:
         "agreement": round(vote.agreement, 4),
         "surviving": len(survivors),
     }
+
+
+def score_chunk(ctx: Context, backend: Any, inputs: list[str], orders: list[Any]) -> list[dict[str, Any]]:
+    """The scored labeller's fields for a chunk of inputs: the label distribution per order and
+    their mean (uncalibrated: the prior is divided out at selection, over the whole pool)."""
+    rows = label_scores.order_distributions(backend, ctx.task, inputs, orders)
+    out = []
+    for per_order in rows:
+        mean = mean_distribution(per_order)
+        out.append({"order_probs": [[round(p, 6) for p in d] for d in per_order], "label_probs": [round(p, 6) for p in mean],
+                    "samples": [], "sample_reasons": [], "surviving": len(per_order)})
+    return out
+
+
+def calibrated_labels(ctx: Context, records: list[dict[str, Any]], content_free: Optional[list[float]]) -> Optional[list[float]]:
+    """Set each scored record's answer, calibrated distribution and margin; returns the prior used.
+    batch and generative are the same prior here: the pool being labelled is the model's own inputs."""
+    a, labels = ctx.cfg.annotate, ctx.task.labels
+    prior = None
+    if a.calibration in ("batch", "generative") and records:
+        prior = mean_distribution([r["label_probs"] for r in records])
+    elif a.calibration == "content-free":
+        prior = content_free
+    for r in records:
+        q = calibrate(r["label_probs"], prior)
+        r["calibrated_probs"] = [round(p, 6) for p in q]
+        r["votes"] = dict(zip(labels, r["calibrated_probs"]))
+        r["agreement"] = round(margin(q), 4)  # the labeller's confidence, as the vote share is for vote
+        r["answer"] = labels[argmax(q)] if margin(q) >= a.min_margin else None
+    return prior
 
 
 def run_annotate(ctx: Context) -> dict[str, Any]:
@@ -109,30 +164,34 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     units = stage.units(ann_path.name, [[x["id"] for x in c] for c in chunks], key="input_id")
     max_new = resolved_max_new_tokens(ctx)
 
+    orders = label_scores.demo_orders(task.examples, a.orders, derive_seed(ctx.cfg.seed, task.id, "orders")) if scored(ctx) else []
+
     with ctx.progress.bar(f"annotate {task.id}", len(inputs), "inputs") as bar:
         bar.resume(units.done_count)
         for ci in units:
             chunk = chunks[ci]
             backend = ctx.backend()
-            rendered = [backend.render(prompts.task_messages(task, x["input"])) for x in chunk]
-            outs = backend.generate(
-                rendered, n=a.n, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                max_new_tokens=max_new, stop=(), seed=derive_seed(ctx.cfg.seed, task.id, STAGE, ci),
-            )
-            batch = []
-            for x, samples in zip(chunk, outs):
-                rec = {
-                    "id": x["id"].replace(":g:", ":a:", 1), "input_id": x["id"], "input": x["input"],
-                    "target_label": x.get("target_label"), **annotate_samples(ctx, samples),
-                }
-                batch.append(rec)
+            if scored(ctx):
+                labelled = score_chunk(ctx, backend, [x["input"] for x in chunk], orders)
+            else:
+                rendered = [backend.render(prompts.task_messages(task, x["input"])) for x in chunk]
+                outs = backend.generate(
+                    rendered, n=a.n, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                    max_new_tokens=max_new, stop=(), seed=derive_seed(ctx.cfg.seed, task.id, STAGE, ci),
+                )
+                labelled = [annotate_samples(ctx, samples) for samples in outs]
+            batch = [{"id": x["id"].replace(":g:", ":a:", 1), "input_id": x["id"], "input": x["input"],
+                      "target_label": x.get("target_label"), **fields} for x, fields in zip(chunk, labelled)]
             units.land(ci, batch)
             bar.advance(len(chunk))
 
     records = units.records
     order = {x["id"]: i for i, x in enumerate(inputs)}
     records.sort(key=lambda r: order[r["input_id"]])
-    pairs, rejected, stats = select_pairs(ctx, records)
+    prior = None
+    if scored(ctx) and a.calibration == "content-free":
+        prior = label_scores.content_free_prior(ctx.backend(), task, orders)
+    pairs, rejected, stats = select_pairs(ctx, records, prior)
     write_records(stage.dir / "pairs.jsonl", pairs)
     write_records(stage.dir / "rejected.jsonl", rejected)
     manifest = stage.finish(stats, started, funnel=funnel_rows(stats))
@@ -140,24 +199,29 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     return manifest
 
 
-def select_pairs(ctx: Context, records: list[dict[str, Any]]) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """Apply the label source and class balancing; every drop keeps its reason."""
+def select_pairs(ctx: Context, records: list[dict[str, Any]],
+                 content_free: Optional[list[float]] = None) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """Apply the calibration (scored labeller), the label source and class balancing; every drop
+    keeps its reason."""
     task, a = ctx.task, ctx.cfg.annotate
     source = a.label_source if task.labels else "annotate"
+    is_scored = scored(ctx)
+    prior = calibrated_labels(ctx, records, content_free) if is_scored else None
     candidates: list[dict] = []
     rejected: list[dict] = []
     for r in records:
         pair = {"id": r["id"], "input_id": r["input_id"], "input": r["input"], "agreement": r["agreement"]}
         if source == "annotate" or r.get("target_label") is None:
             if r["answer"] is None:
-                reason = "no_valid_sample" if r["surviving"] == 0 else "no_majority"
+                reason = ("low_margin" if is_scored else "no_valid_sample" if r["surviving"] == 0
+                          else "low_consensus" if a.labeller == "mbr" else "no_majority")
                 rejected.append({**r, "reason": reason})
                 continue
-            candidates.append({**pair, "output": r["answer"], "label_source": "vote"})
+            candidates.append({**pair, "output": r["answer"], "label_source": "score" if is_scored else a.labeller})
             continue
         target = r["target_label"]
         if source == "agree":
-            total = r["surviving"]
+            total = 1.0 if is_scored else r["surviving"]  # scored: votes are calibrated probabilities
             against = max((c for lab, c in r["votes"].items() if lab != target), default=0)
             if total and against / total >= a.agree_margin:
                 rejected.append({**r, "reason": "disagree"})
@@ -170,14 +234,18 @@ def select_pairs(ctx: Context, records: list[dict[str, Any]]) -> tuple[list[dict
         "samples": sum(len(r["samples"]) for r in records),
         "samples_rejected": dict(sorted(sample_reasons.items())),
         "label_source": source,
+        "labeller": a.labeller,
         "rejected": dict(Counter(r["reason"] for r in rejected)),
         "labelled": len(candidates),
     }
+    if prior is not None:
+        stats["calibration_prior"] = dict(zip(task.labels, [round(p, 4) for p in prior]))
     if task.labels:
         both = [r for r in records if r.get("target_label") is not None and r["answer"] is not None]
         stats["agreement_with_target"] = round(sum(r["answer"] == r["target_label"] for r in both) / len(both), 4) if both else None
         stats["label_mix_before"] = dict(Counter(p["output"] for p in candidates))
-        kept, dropped = balance_classes(candidates, "output", a.balance, a.balance_cap, derive_seed(ctx.cfg.seed, task.id, "balance"))
+        kept, dropped = balance_classes(candidates, "output", a.balance, a.balance_cap, derive_seed(ctx.cfg.seed, task.id, "balance"),
+                                        rank_key="agreement" if a.balance_by == "confidence" else None)
         rejected.extend({**d, "reason": "balanced_out"} for d in dropped)
         if dropped:
             stats["rejected"]["balanced_out"] = len(dropped)

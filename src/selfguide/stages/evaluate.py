@@ -199,6 +199,75 @@ def evaluate_prompting(ctx: Context, shots: str) -> dict[str, Any]:
     return run_evaluate(ctx, BASELINE_SYSTEMS[shots], base_identity(ctx), base_backend_factory(ctx), shots=shots)
 
 
+def evaluate_calibrated(ctx: Context) -> dict[str, Any]:
+    """`prompt-calibrated`: the base model as a classifier without any training. Every label is
+    scored as the answer to the few-shot prompt over `annotate.orders` demonstration orders
+    (label_scores.py) and the prior of `evaluate.calibration` is divided out: batch = the
+    evaluated items' own mean (transductive, no labels read), generative = the mean over the
+    synthetic pool (the generate stage's inputs), content-free = "N/A"-like inputs. It shows
+    whether finetuning adds anything over using the calibrated scores directly."""
+    from selfguide import label_scores
+    from selfguide.calibration import argmax, calibrate, class_auroc, mean_distribution
+    from selfguide.stages.context import derive_seed
+    from selfguide.store import file_hash
+
+    task, e = ctx.task, ctx.cfg.evaluate
+    items = eval_items(ctx)
+    if not items:
+        raise_no_items(ctx)
+    if not task.labels:
+        from selfguide.errors import TaskError
+
+        raise TaskError(f"{task.source}: prompt-calibrated scores labels, but {task.id} is a generation task (no label set)")
+    pool_path = ctx.stage_dir("generate") / "inputs.jsonl"
+    settings = {"split": e.split, "max_items": e.max_items, "orders": ctx.cfg.annotate.orders, "calibration": e.calibration}
+    reads: dict[str, Any] = {"items": {"n": len(items), "sha256": digest([[it.id, it.input, list(it.outputs)] for it in items])}}
+    if e.calibration == "generative":
+        reads["pool"] = file_hash(pool_path)
+    stage = ctx.open_stage(f"{STAGE}:prompt-calibrated", settings, base_identity(ctx), reads, folder=f"{STAGE}/prompt-calibrated")
+    if stage.begin(ctx.force) == "done":
+        return stage.skip(task.id)
+    started = time.time()
+    factory = base_backend_factory(ctx)
+    orders = label_scores.demo_orders(task.examples, ctx.cfg.annotate.orders, derive_seed(ctx.cfg.seed, task.id, "orders"))
+    batches = [items[i : i + EVAL_BATCH] for i in range(0, len(items), EVAL_BATCH)]
+    units = stage.units("label_scores.jsonl", [[it.id for it in b] for b in batches])
+    with ctx.progress.bar(f"evaluate {task.id} prompt-calibrated", len(items), "items") as bar:
+        bar.resume(units.done_count)
+        for bi in units:
+            dists = label_scores.label_distributions(factory(), task, [it.input for it in batches[bi]], orders)
+            units.land(bi, [{"id": it.id, "label_probs": d} for it, d in zip(batches[bi], dists)])
+            bar.advance(len(batches[bi]))
+    by_id = {r["id"]: r["label_probs"] for r in units.records}
+    dists = [by_id[it.id] for it in items]
+    prior = None
+    if e.calibration == "batch":
+        prior = mean_distribution(dists)
+    elif e.calibration == "generative":
+        pool = [r["input"] for r in read_records(pool_path)]
+        prior = mean_distribution(label_scores.label_distributions(factory(), task, pool, orders)) if pool else None
+    elif e.calibration == "content-free":
+        prior = label_scores.content_free_prior(factory(), task, orders)
+    if hasattr(factory, "close"):  # a model loaded for this alone (not the run's shared backend)
+        factory.close()
+    gold_labels = sorted({it.outputs[0] for it in items})
+    preds = []
+    for it, d in zip(items, dists):
+        q = calibrate(d, prior)
+        label = task.labels[argmax(q)]
+        preds.append({"id": it.id, "prediction": label, "predicted_label": label, "references": list(it.outputs),
+                      "label_probs": [round(x, 6) for x in d], "calibrated_probs": [round(x, 6) for x in q],
+                      "scores": score_item(label, it.outputs, task.kind, gold_labels)})
+    write_records(stage.dir / "predictions.jsonl", preds)
+    results = summarize(ctx, preds)
+    known = [(p["calibrated_probs"], task.labels.index(it.outputs[0])) for p, it in zip(preds, items) if it.outputs[0] in task.labels]
+    auroc = class_auroc([d for d, _ in known], [g for _, g in known]) if known else None
+    results["class_auroc"] = round(auroc, 4) if auroc is not None else None
+    results["calibration"] = {"kind": e.calibration, "prior": dict(zip(task.labels, [round(x, 4) for x in prior])) if prior else None}
+    atomic_write_json(stage.dir / "results.json", results)
+    return stage.finish({"items": len(preds)}, started, results=results, model=base_identity(ctx))
+
+
 def evaluate_baselines(ctx: Context) -> dict[str, Any]:
     """Prompting baselines on the base model: few-shot (the paper's) and zero-shot."""
     return {BASELINE_SYSTEMS[shots]: evaluate_prompting(ctx, shots) for shots in ctx.cfg.evaluate.baselines}

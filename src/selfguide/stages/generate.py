@@ -41,6 +41,7 @@ class GenerateSettings:
     label_conditioned: bool
     window: Optional[LengthWindow]
     near_duplicate_threshold: Optional[float]
+    rouge_threshold: Optional[float]
     noise_terms: tuple[str, ...]
     placeholder_filter: bool
 
@@ -63,6 +64,7 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         label_conditioned=g.label_conditioned and cls,
         window=window,
         near_duplicate_threshold=g.near_duplicate_threshold,
+        rouge_threshold=g.rouge_threshold,
         noise_terms=tuple(task.noise_terms) + tuple(g.noise_terms),
         placeholder_filter=g.placeholder_filter and not placeholder_in_examples(task),
     )
@@ -109,7 +111,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
     if done_rounds:
         log.info("generate[%s]: resuming after round %d of %d", task.id, done_rounds, s.rounds)
 
-    dedup = DedupIndex(s.near_duplicate_threshold)
+    dedup = DedupIndex(s.near_duplicate_threshold, s.rouge_threshold)
     for ex in task.examples:
         dedup.add(ex.input)
     pool: list[str] = []

@@ -60,6 +60,28 @@ def build_examples(ctx: Context, tok: Any, pairs: list[dict[str, Any]]) -> tuple
     return out, too_long
 
 
+def training_data_words(counts: dict[str, Any]) -> str:
+    """'40 synthetic pairs + 12 rows of the real examples (1 dropped as too long)' for cards and reports."""
+    replayed = counts.get("replayed_examples", 0)
+    words = f"{counts['pairs']} synthetic pairs" + (f" + {replayed} rows of the real examples" if replayed else "")
+    return words + (f" ({counts['dropped_too_long']} dropped as too long)" if counts.get("dropped_too_long") else "")
+
+
+def with_replay(ctx: Context, pairs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The synthetic pairs plus the task's real examples repeated to make up `train.replay_share`
+    of the set (each at least once when the share is above 0): the model keeps seeing real data
+    (Shumailov et al. 2024; FewGen). Returns (pairs, replayed rows)."""
+    import math
+
+    share, examples = ctx.cfg.train.replay_share, ctx.task.examples
+    if share <= 0 or not examples:
+        return pairs, 0
+    copies = max(1, math.ceil(share * len(pairs) / ((1 - share) * len(examples))))
+    replay = [{"id": f"{ctx.task.id}:x:{i:03d}:{c}", "input": e.input, "output": e.output, "label_source": "example"}
+              for c in range(copies) for i, e in enumerate(examples)]
+    return pairs + replay, len(replay)
+
+
 class PadCollator:
     """Right-pads a batch; padded positions get label -100 (never the EOS id, which must be learned).
 
@@ -179,7 +201,7 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
 
     base_dir = hf_model.materialize(resolve_model(ctx.cfg.model.name))
     tok = hf_model.load_tokenizer(base_dir)
-    pairs = read_records(pairs_path)
+    pairs, replayed = with_replay(ctx, read_records(pairs_path))
     examples, too_long = build_examples(ctx, tok, pairs)
     if not examples:
         raise SelfGuideError(
@@ -194,7 +216,7 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
              len(examples), t.epochs, learning_rate(ctx), args.bf16)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     counts = {
-        "pairs": len(pairs), "trained_on": len(examples), "dropped_too_long": too_long,
+        "pairs": len(pairs) - replayed, "replayed_examples": replayed, "trained_on": len(examples), "dropped_too_long": too_long,
         "steps": trainer.state.global_step, "train_loss": result.training_loss,
     }
     manifest = save_outputs(ctx, stage, trainer, tok, base_dir, counts, started, rank)
@@ -367,7 +389,7 @@ def write_model_card(ctx: Context, model_dir: Path, counts: dict[str, Any], verd
         f"- task: {task.id} ({task.kind}), {len(task.examples)} examples given",
         f"- base model: {base['name']} (sha256 {base['sha256'][:16]})",
         f"- method: {t.method}" + (f" (r={t.lora_r}, alpha={t.lora_alpha}, all linear layers, merged)" if t.method == "lora" else ""),
-        f"- data: {counts['trained_on']} synthetic pairs ({counts['dropped_too_long']} dropped as too long), "
+        f"- data: {training_data_words(counts)}, "
         f"{t.epochs} epochs, lr {learning_rate(ctx):g}, seed {ctx.cfg.seed}",
         "",
         "Use the same prompt as in training: the chat template with the task instruction as system message, "

@@ -1,0 +1,115 @@
+"""`selfguide bench --seeds 42,43,44`: one bench run per synthesis seed, then one table over them.
+
+One seed can move a verdict by several points (docs/benchmarks/analysis.md), so defaults are
+chosen on the mean over seeds. Per task and method: the mean over seeds and the spread (lowest
+to highest seed); for selfguide - prompt-fewshot also the paired bootstrap 95% CI over items of
+the per-item difference averaged over the seeds (items are the same for every seed), and on how
+many seeds the gain was positive. Averages per kind are means of the per-task means.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from selfguide.metrics import paired_bootstrap
+from selfguide.store import atomic_write_json, atomic_write_text, read_records
+
+
+def seed_name(name: str, seed: int) -> str:
+    return f"{name}-s{seed}"
+
+
+def _item_scores(run: Path, task: str, system: str, metric: str) -> Optional[dict[str, float]]:
+    path = run / task / "evaluate" / system / "predictions.jsonl"
+    if not path.exists():
+        return None
+    return {r["id"]: r["scores"][metric] for r in read_records(path)}
+
+
+def pooled_delta(runs: Sequence[Path], task: str, metric: str, resamples: int, seed: int) -> Optional[dict[str, float]]:
+    """selfguide - prompt-fewshot per item, averaged over the seeds' runs, with a paired bootstrap CI."""
+    base, system = [], []
+    per_seed = [(_item_scores(r, task, "prompt-fewshot", metric), _item_scores(r, task, "selfguide", metric)) for r in runs]
+    if any(b is None or s is None for b, s in per_seed):
+        return None
+    ids = sorted(set.intersection(*[set(b) & set(s) for b, s in per_seed]))  # type: ignore[arg-type]
+    if not ids:
+        return None
+    for i in ids:
+        base.append(sum(b[i] for b, _ in per_seed) / len(per_seed))  # type: ignore[index]
+        system.append(sum(s[i] for _, s in per_seed) / len(per_seed))  # type: ignore[index]
+    mean, lo, hi = paired_bootstrap(base, system, resamples, seed=seed)
+    return {"value": round(100 * mean, 2), "ci_low": round(100 * lo, 2), "ci_high": round(100 * hi, 2), "items": len(ids)}
+
+
+def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, resamples: int) -> dict[str, Any]:
+    """Merge the per-seed bench results (seed -> run_bench data) into one summary."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    methods = first["methods"]
+    tasks = [r["task"] for r in first["tasks"] if all(any(x["task"] == r["task"] for x in per_seed[s]["tasks"]) for s in seeds)]
+    rows = []
+    for task in tasks:
+        by_seed = {s: next(x for x in per_seed[s]["tasks"] if x["task"] == task) for s in seeds}
+        kind, metric = by_seed[seeds[0]]["kind"], by_seed[seeds[0]]["primary_metric"]
+        scores: dict[str, Any] = {}
+        for m in methods:
+            values = [by_seed[s]["scores"][m][metric] for s in seeds if m in by_seed[s]["scores"]]
+            if values:
+                scores[m] = {"mean": round(sum(values) / len(values), 2), "low": min(values), "high": max(values), "per_seed": values}
+        deltas = [by_seed[s]["delta"]["value"] for s in seeds if by_seed[s].get("delta")]
+        row = {"task": task, "kind": kind, "primary_metric": metric, "scores": scores,
+               "numerics": sorted({v for s in seeds for v in by_seed[s].get("numerics", [0])}),
+               "delta_per_seed": deltas, "positive_seeds": sum(d > 0 for d in deltas),
+               "delta": pooled_delta([run_root / seed_name(name, s) for s in seeds], task, metric, resamples, seeds[0])}
+        rows.append(row)
+    averages: dict[str, Any] = {}
+    for kind in ("classification", "generation"):
+        kr = [r for r in rows if r["kind"] == kind]
+        if not kr:
+            continue
+        means = {m: [r["scores"][m]["mean"] for r in kr if m in r["scores"]] for m in methods}
+        with_delta = [r["delta"]["value"] for r in kr if r["delta"]]
+        averages[kind] = {
+            "tasks": len(kr), "metric": kr[0]["primary_metric"],
+            "scores": {m: round(sum(v) / len(v), 2) if v else None for m, v in means.items()},
+            "delta": round(sum(with_delta) / len(with_delta), 2) if with_delta else None,
+            "significant_losses": sum(1 for r in kr if r["delta"] and r["delta"]["ci_high"] < 0),
+            "significant_gains": sum(1 for r in kr if r["delta"] and r["delta"]["ci_low"] > 0),
+        }
+    header = {k: first[k] for k in ("model", "split", "metric_mode", "cpu_flags", "machine", "versions", "changed_from_defaults")}
+    return {**header, "seeds": seeds, "methods": methods, "tasks": rows, "averages": averages,
+            "numerics_version": sorted({v for r in rows for v in r["numerics"]})}
+
+
+def write(out: Path, data: dict[str, Any]) -> None:
+    methods, seeds = data["methods"], data["seeds"]
+    m = data["model"]
+    lines = [
+        f"# NIv2 benchmark over seeds {', '.join(map(str, seeds))}: {m['name']}", "",
+        f"- model: {m['name']} (sha256 `{m['sha256'][:16]}`); split `{data['split']}`; metric mode {data['metric_mode']}",
+        f"- CPU flags: {', '.join(data.get('cpu_flags') or ['none read'])}; numerics version {', '.join(map(str, data['numerics_version']))}",
+        "- changed from the defaults: " + (", ".join(f"{k}={v}" for k, v in data.get("changed_from_defaults", {}).items() if k != "seed") or "nothing"),
+        "- cells: mean over seeds [lowest, highest]; delta = selfguide - prompt-fewshot per item averaged over seeds, "
+        "paired bootstrap 95% CI over items; `+seeds` = seeds on which the gain was positive", "",
+        "| task | kind | " + " | ".join(methods) + " | delta [95% CI] | +seeds |",
+        "|---|---|" + "---:|" * len(methods) + "---|---:|",
+    ]
+    for r in data["tasks"]:
+        cells = []
+        for mm in methods:
+            s = r["scores"].get(mm)
+            cells.append(f"{s['mean']:.1f} [{s['low']:.0f}, {s['high']:.0f}]" if s else "-")
+        d = r["delta"]
+        delta = f"{d['value']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d else "-"
+        lines.append(f"| {r['task']} | {r['kind'][:5]} | " + " | ".join(cells) + f" | {delta} | {r['positive_seeds']}/{len(seeds)} |")
+    lines += ["", "| kind | tasks | metric | " + " | ".join(methods) + " | mean delta | significant gains / losses |",
+              "|---|---:|---|" + "---:|" * len(methods) + "---:|---|"]
+    for kind, a in data["averages"].items():
+        cells = [f"{a['scores'][mm]:.1f}" if a["scores"].get(mm) is not None else "-" for mm in methods]
+        delta = f"{a['delta']:+.1f}" if a["delta"] is not None else "-"
+        lines.append(f"| {kind} | {a['tasks']} | {a['metric']} | " + " | ".join(cells) + f" | {delta} | "
+                     f"{a['significant_gains']} / {a['significant_losses']} |")
+    atomic_write_json(out.with_suffix(".json"), data)
+    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")

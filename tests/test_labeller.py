@@ -1,0 +1,260 @@
+"""The scored labeller: calibration math, demonstration orders, teacher-forced label scores on a real
+tiny model (checked against a plain full forward), the annotate stage with labeller=score,
+the Self-Instruct ROUGE-L filter, training replay, the diagnosis and the multi-seed bench table."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from conftest import EXAMPLE, NIV2
+from selfguide import calibration as cal
+from selfguide import label_scores
+from selfguide.backends.fake import FakeBackend
+from selfguide.errors import ConfigError
+from selfguide.filters import DedupIndex, rouge_l_f, words
+from selfguide.pipeline import make_context, synthesize
+from selfguide.store import read_records
+from selfguide.task import Example, load_task
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_calibration_divides_out_the_prior():
+    p = [0.8, 0.2]
+    q = cal.calibrate(p, [0.9, 0.1])  # the model says label 0 for nearly everything
+    assert q[1] > q[0] and math.isclose(sum(q), 1.0)
+    assert cal.calibrate(p, None) == p
+    assert cal.argmax([0.2, 0.5, 0.3]) == 1 and math.isclose(cal.margin([0.2, 0.5, 0.3]), 0.2)
+    assert cal.mean_distribution([[1.0, 0.0], [0.0, 1.0]]) == [0.5, 0.5]
+
+
+def test_auroc_and_macro_f1_by_hand():
+    assert cal.auroc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    assert cal.auroc([0.5, 0.5], [True, False]) == 0.5  # ties count half
+    assert cal.auroc([0.1, 0.2], [True, True]) is None
+    # class AUROC: one-vs-rest of each gold class's probability
+    dists = [[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]]
+    assert cal.class_auroc(dists, [0, 0, 1, 1]) == 1.0
+    # shifting by a prior cannot change a two-label AUROC: calibration creates no signal
+    shifted = [cal.calibrate(d, [0.7, 0.3]) for d in dists]
+    assert cal.class_auroc(shifted, [0, 0, 1, 1]) == cal.class_auroc(dists, [0, 0, 1, 1])
+    f1 = cal.macro_f1(["a", "a", "b", None], ["a", "b", "b", "a"], ["a", "b"])
+    assert math.isclose(f1, (0.5 + 2 / 3) / 2)
+    assert cal.one_label_share(["a", "a", "b", "a"]) == 0.75
+
+
+def test_demo_orders():
+    ex = [Example(f"in{i}", f"out{i}") for i in range(5)]
+    three = label_scores.demo_orders(ex[:3], 6, seed=0)
+    assert len(three) == 6 and len({tuple(e.input for e in o) for o in three}) == 6 and three[0] == tuple(ex[:3])
+    five = label_scores.demo_orders(ex, 6, seed=1)
+    assert len({tuple(e.input for e in o) for o in five}) == 6 and five[0] == tuple(ex)
+    assert five == label_scores.demo_orders(ex, 6, seed=1)  # seeded
+    assert label_scores.demo_orders(ex[:3], 1, seed=0) == [tuple(ex[:3])]
+
+
+def test_rouge_filter_matches_rouge_score_and_rejects_near_copies():
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pairs = [("The cat sat on the mat today", "the cat was sitting on a mat"),
+             ("Premise: water boils at 100 C. Hypothesis: water is hot.", "Premise: ice melts. Hypothesis: ice is cold."),
+             ("one two three", "four five")]
+    for a, b in pairs:
+        assert math.isclose(rouge_l_f(words(a), words(b)), scorer.score(a, b)["rougeL"].fmeasure)
+    index = DedupIndex(None, rouge_threshold=0.7)
+    index.add("Premise: the liver has a right lobe and a left lobe. Hypothesis: the liver has lobes.")
+    assert index.check("Premise: the liver has a right lobe and a left lobe. Hypothesis: the liver has two lobes.") == "rouge_similar"
+    assert index.check("Premise: bees make honey from nectar. Hypothesis: honey comes from bees.") is None
+    assert DedupIndex(None).check("Premise: the liver has a right lobe and a left lobe. Hypothesis: the liver has two lobes.") is None
+
+
+# ------------------------------------------------------------------ real model: teacher-forced scores
+
+
+@pytest.mark.parametrize("engine", ["hf", "native"])
+def test_scores_equal_a_plain_full_forward(lively_model, engine):
+    """log p(label + end of turn | prompt) from the engine's prefix-shared batched scoring equals the
+    sum of token log-probabilities from one unbatched forward over the whole text."""
+    import torch
+
+    from selfguide import prompts
+    from selfguide.backends import get_backend
+
+    task = load_task(EXAMPLE)
+    backend = get_backend(engine, model=str(lively_model), dtype="float32", batch_size=3)
+    rendered = [backend.render(prompts.task_messages(task, it.input)) for it in task.split_items("test_small")[:4]]
+    labels = ["entails", "neutral", "neutral entails"]  # a multi-token continuation too
+    got = backend.score(rendered, labels)
+    tok, model = backend.tokenizer, backend.model
+    for prompt, row in zip(rendered, got):
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        for label, s in zip(labels, row):
+            c_ids = tok(label + backend.end_text, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([p_ids + c_ids])).logits[0].float(), -1)
+            want = sum(float(logp[len(p_ids) - 1 + k, t]) for k, t in enumerate(c_ids))
+            assert s.tokens == len(c_ids)
+            assert math.isclose(s.logprob, want, rel_tol=1e-4, abs_tol=1e-3), (label, s.logprob, want)
+    # the scores must discriminate: not every label equally likely
+    assert len({round(s.logprob, 3) for row in got for s in row}) > 3
+    backend.close()
+
+
+# ------------------------------------------------------------------ annotate with labeller=score
+
+
+def ctx_for(run_dir, overrides=(), backend=None, task=EXAMPLE):
+    base = [f"run_dir={run_dir}", "generate.target_inputs=24", "annotate.chunk_size=8", "annotate.labeller=score"]
+    return make_context(task, overrides=[*base, *overrides], backend_factory=lambda: backend or FakeBackend())
+
+
+def test_scored_annotation_and_reselection_without_rescoring(run_dir):
+    ctx = ctx_for(run_dir)
+    a = synthesize(ctx)["annotate"]["counts"]
+    assert a["labeller"] == "score" and a["inputs"] == a["pairs"] + sum(a["rejected"].values())
+    records = read_records(ctx.task_dir / "annotate" / "annotations.jsonl")
+    assert all(len(r["order_probs"]) == 6 and math.isclose(sum(r["label_probs"]), 1.0, abs_tol=1e-4) for r in records)
+    pairs = read_records(ctx.task_dir / "annotate" / "pairs.jsonl")
+    assert pairs and {p["label_source"] for p in pairs} == {"score"}
+    # the fake model's greedy answer gets the highest score: uncalibrated labels are that answer
+    fake = FakeBackend()
+    for p in pairs:
+        prompt = fake.render(__import__("selfguide").prompts.task_messages(ctx.task, p["input"]))
+        assert p["output"] == fake.generate([prompt])[0][0].text
+
+    # a threshold on the calibrated margin: re-selected from the stored scores, nothing scored again
+    spy = FakeBackend()
+    ctx2 = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "generate.target_inputs=24", "annotate.chunk_size=8",
+                                            "annotate.labeller=score", "annotate.calibration=batch", "annotate.min_margin=0.9"],
+                        force=True, backend_factory=lambda: spy)
+    b = synthesize(ctx2)["annotate"]["counts"]
+    assert not [c for c in spy.calls if "score" in c]
+    assert b["rejected"].get("low_margin", 0) > 0 and "calibration_prior" in b
+
+
+def test_score_settings_are_checked_before_any_work(run_dir):
+    with pytest.raises(ConfigError, match="generation task"):
+        ctx_for(run_dir, task=NIV2 / "task1562.paper_prompt.json")
+    with pytest.raises(ConfigError, match="labeller=score"):
+        make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "annotate.calibration=batch"])
+    assert not run_dir.exists()
+
+
+def test_balance_by_confidence_keeps_the_surest():
+    from selfguide.labels import balance_classes
+
+    items = [{"y": "a", "c": 0.1}, {"y": "a", "c": 0.9}, {"y": "a", "c": 0.5}, {"y": "b", "c": 0.3}]
+    kept, dropped = balance_classes(items, "y", "downsample", 2.0, seed=0, rank_key="c")
+    assert kept == [items[1], items[3]] and len(dropped) == 2
+
+
+def test_replay_share(run_dir):
+    from selfguide.stages.train import with_replay
+
+    ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "train.replay_share=0.2"])
+    pairs = [{"id": str(i), "input": f"x{i}", "output": "entails"} for i in range(40)]
+    out, replayed = with_replay(ctx, pairs)
+    # 0.2 of the set: 10 rows for 40 pairs -> ceil(10 / 4 examples) = 3 copies of each of the 4
+    assert replayed == 12 and len(out) == 52 and sum(p.get("label_source") == "example" for p in out) == 12
+    assert with_replay(ctx, [])[1] == 4  # no synthetic pairs: the examples alone, once each
+    off = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}"])
+    assert with_replay(off, pairs) == (pairs, 0)
+
+
+# ------------------------------------------------------------------ diagnosis and prompt-calibrated
+
+
+def test_diagnosis_lines():
+    from selfguide.stages.diagnose import diagnosis_line
+
+    none = {"items": 60, "fewshot_top_answer": "neutral", "fewshot_top_count": 60, "class_auroc": 0.51, "no_signal": True}
+    assert diagnosis_line(none) == ("diagnosis: the model answers `neutral` on 60 of 60 items and its label scores do not "
+                                    "separate the classes (AUROC 0.51): its own labels cannot teach it this task; a larger "
+                                    "model is needed (--model PATH)")
+    some = dict(none, class_auroc=0.71, no_signal=False)
+    assert "separate the classes (AUROC 0.71)" in diagnosis_line(some)
+
+
+def test_run_diagnoses_before_synthesis_and_reports_it(run_dir, tiny_model):
+    import selfguide
+
+    res = selfguide.run(EXAMPLE, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=8",
+                                            "annotate.n=2", "evaluate.max_items=8", "train.epochs=1", "model.dtype=float32",
+                                            "evaluate.bootstrap=50", "annotate.orders=2"],
+                        backend_factory=lambda: FakeBackend())
+    d = res.verdict["diagnosis"]
+    assert d["items"] == 8 and 0 <= d["class_auroc"] <= 1 and d["line"].startswith("diagnosis: the model answers")
+    manifest = json.loads((res.run_dir / "evaluate" / "diagnose" / "MANIFEST.json").read_text())
+    generated = json.loads((res.run_dir / "generate" / "MANIFEST.json").read_text())
+    assert manifest["finished_at"] <= generated["finished_at"]
+    assert d["line"] in res.report.read_text() if res.report.suffix == ".md" else True
+
+
+def test_bench_seeds_table(tmp_path):
+    from selfguide import bench_seeds
+
+    def preds(run, task, system, scores):
+        path = run / task / "evaluate" / system / "predictions.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"id": f"i{k}", "scores": {"exact_match": v}}) + "\n" for k, v in enumerate(scores)))
+
+    per_seed = {}
+    for seed, sg in ((42, [1, 1, 0, 0]), (43, [1, 1, 1, 0])):
+        run = tmp_path / bench_seeds.seed_name("b", seed)
+        preds(run, "t", "prompt-fewshot", [1, 0, 0, 0])
+        preds(run, "t", "selfguide", sg)
+        per_seed[seed] = {"methods": ["prompt-fewshot", "selfguide"], "model": {"name": "m", "sha256": "0" * 64},
+                          "split": "validation", "metric_mode": "official", "cpu_flags": [], "machine": {}, "versions": {},
+                          "changed_from_defaults": {},
+                          "tasks": [{"task": "t", "kind": "classification", "primary_metric": "exact_match", "numerics": [1],
+                                     "scores": {"prompt-fewshot": {"exact_match": 25.0},
+                                                "selfguide": {"exact_match": 100 * sum(sg) / 4}},
+                                     "delta": {"value": 100 * sum(sg) / 4 - 25.0}}]}
+    data = bench_seeds.summarize(per_seed, tmp_path, "b", resamples=200)
+    row = data["tasks"][0]
+    assert row["scores"]["selfguide"] == {"mean": 62.5, "low": 50.0, "high": 75.0, "per_seed": [50.0, 75.0]}
+    assert row["delta"]["value"] == 37.5 and row["positive_seeds"] == 2  # per item: (0, .5, .5... ) averaged
+    assert data["averages"]["classification"]["delta"] == 37.5
+    bench_seeds.write(tmp_path / "out", data)
+    assert "| t | class | 25.0 [25, 25] | 62.5 [50, 75] | +37.5" in (tmp_path / "out.md").read_text()
+
+
+def test_mbr_picks_the_consensus_of_free_text():
+    from selfguide.labels import mbr_pick
+
+    samples = ["the cat sat on the mat", "a cat sat on the mat", "dogs bark loudly at night", "the cat sat on a mat"]
+    v = mbr_pick(samples, 0.3)
+    assert v.answer in ("the cat sat on the mat", "the cat sat on a mat") and v.agreement > 0.5
+    assert mbr_pick(["one two", "three four", "five six"], 0.3).answer is None  # no consensus: dropped
+    assert mbr_pick(["alone"], 0.3).answer is None and mbr_pick(["alone"], 0.0).answer == "alone"
+
+
+def test_mbr_annotation_on_a_generation_task(run_dir):
+    def script(prompt, i, seed):  # three samples agree in substance, one is off
+        if "InputGenerator" in prompt:
+            import random
+
+            rng = random.Random(seed)
+            return " ".join(rng.choice(["river", "stone", "quiet", "market", "yellow", "garden", "window", "signal",
+                                        "cotton", "bridge", "forest", "planet", "harbor", "winter"]) for _ in range(12)) + '"'
+        return ["rivers flow to the sea", "rivers flow into the sea", "the moon is bright", "rivers flow to a sea"][i % 4]
+
+    task = NIV2 / "task1562.paper_prompt.json"
+    vote = make_context(task, overrides=[f"run_dir={run_dir}", "name=vote", "generate.target_inputs=10", "annotate.n=4",
+                                         "annotate.output_length_filter=false"], backend_factory=lambda: FakeBackend(script=script))
+    mbr = make_context(task, overrides=[f"run_dir={run_dir}", "name=mbr", "generate.target_inputs=10", "annotate.n=4",
+                                        "annotate.output_length_filter=false", "annotate.labeller=mbr"],
+                       backend_factory=lambda: FakeBackend(script=script))
+    v, m = synthesize(vote)["annotate"]["counts"], synthesize(mbr)["annotate"]["counts"]
+    # each string is 1 of 4 samples (25% < the 30% threshold): the vote finds no majority, MBR the consensus
+    assert v["inputs"] == m["inputs"] > 0 and v["pairs"] == 0 and v["rejected"] == {"no_majority": v["inputs"]}
+    assert m["pairs"] == m["inputs"]
+    pairs = read_records(mbr.task_dir / "annotate" / "pairs.jsonl")
+    assert {p["output"] for p in pairs} <= {"rivers flow to the sea", "rivers flow to a sea"} and {p["label_source"] for p in pairs} == {"mbr"}
+    with pytest.raises(ConfigError, match="classification task"):
+        make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "annotate.labeller=mbr"])
