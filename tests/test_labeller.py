@@ -16,6 +16,7 @@ from selfguide.backends.fake import FakeBackend
 from selfguide.errors import ConfigError
 from selfguide.filters import DedupIndex, rouge_l_f, words
 from selfguide.pipeline import make_context, synthesize
+from selfguide.stages.gate import choose_scale
 from selfguide.store import read_records
 from selfguide.task import Example, load_task
 
@@ -258,3 +259,58 @@ def test_mbr_annotation_on_a_generation_task(run_dir):
     assert {p["output"] for p in pairs} <= {"rivers flow to the sea", "rivers flow to a sea"} and {p["label_source"] for p in pairs} == {"mbr"}
     with pytest.raises(ConfigError, match="classification task"):
         make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "annotate.labeller=mbr"])
+
+
+# ------------------------------------------------------------------ do-no-harm gate
+
+
+def test_interpolation_blends_weights(tmp_path, tiny_model):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from selfguide.stages.gate import interpolate
+
+    base = load_file(str(tiny_model / "model.safetensors"))
+    tuned_dir = tmp_path / "tuned"
+    tuned_dir.mkdir()
+    tuned = {k: v + 1.0 for k, v in base.items()}
+    save_file(tuned, str(tuned_dir / "model.safetensors"), metadata={"format": "pt"})
+    (tuned_dir / "config.json").write_text((tiny_model / "config.json").read_text())
+    half = load_file(str(interpolate(tiny_model, tuned_dir, 0.5, tmp_path / "half") / "model.safetensors"))
+    assert all(torch.allclose(half[k], base[k] + 0.5) for k in base)
+    assert (tmp_path / "half" / "config.json").exists() and not (tmp_path / "half.tmp").exists()
+
+
+def test_choose_scale():
+    assert choose_scale({0.0: 50.0, 0.5: 55.0, 1.0: 60.0}) == 1.0
+    assert choose_scale({0.0: 50.0, 0.5: 55.0, 1.0: 55.0}) == 0.5  # a tie: the smaller change
+    assert choose_scale({0.0: 50.0, 0.5: 40.0, 1.0: 50.0}) == 0.0
+
+
+def test_gate_settings_are_checked(run_dir):
+    task = NIV2 / "task1529.paper_prompt.json"
+    with pytest.raises(ConfigError, match="evaluate.split must be another split"):
+        make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.gate=validation", "evaluate.split=validation"])
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "evaluate.gate=validation"])
+
+
+def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
+    import selfguide
+
+    task = NIV2 / "task1529.paper_prompt.json"  # a random tiny model: every scale scores 0, so the tie keeps the base
+    res = selfguide.run(task, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=8",
+                                         "annotate.n=2", "evaluate.max_items=6", "train.epochs=1", "model.dtype=float32",
+                                         "evaluate.bootstrap=50", "annotate.orders=1", "evaluate.gate=validation",
+                                         "annotate.label_source=conditioned", "train.learning_rate=0.05"],
+                        backend_factory=lambda: FakeBackend())
+    gate = json.loads((res.run_dir / "gate" / "gate.json").read_text())
+    scores = {float(k): v for k, v in gate["scores"].items()}
+    assert set(scores) == {0.0, 0.5, 1.0} and gate["scale"] == choose_scale(scores)
+    assert gate["split"] == "validation" and res.verdict["sentence"].endswith(gate["sentence"])
+    for scale in ("0", "0.5", "1"):
+        assert (res.run_dir / "evaluate" / f"gate-scale-{scale}" / "predictions.jsonl").exists()
+    # the reported model is the gate's choice: at scale 0 the finetuned answers are the base model's
+    preds = {s: [r["prediction"] for r in read_records(res.run_dir / "evaluate" / s / "predictions.jsonl")]
+             for s in ("prompt-fewshot", "selfguide")}
+    assert gate["scale"] == 0.0 and preds["selfguide"] == preds["prompt-fewshot"]

@@ -97,6 +97,7 @@ class EvaluateConfig:
     bootstrap: int = 1000  # paired bootstrap resamples for the verdict's CI (at least MIN_BOOTSTRAP)
     baselines: tuple[str, ...] = ("fewshot", "zeroshot")
     calibration: str = "generative"  # prompt-calibrated (classification): none | batch | generative | content-free
+    gate: str = "off"  # off | validation: keep the finetuning's scale (0, 0.5, 1) that scores best on validation (stages/gate.py)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "annotate.calibration": ("none", "batch", "generative", "content-free"),
     "annotate.balance_by": ("random", "confidence"),
     "evaluate.calibration": ("none", "batch", "generative", "content-free"),
+    "evaluate.gate": ("off", "validation"),
     "train.method": ("lora", "full"),
     "train.bf16": ("auto", "true", "false"),
     "evaluate.split": ("test", "validation", "test_small", "all"),

@@ -271,6 +271,15 @@ def export_model(ctx: Any, out: Path, gguf: bool, outtype: str = "f16", converte
                           "on this task first")
     train = json.loads(manifest_path.read_text(encoding="utf-8"))
     model_dir = Path(train["model_dir"])
+    from selfguide.stages.gate import read_gate
+
+    gate = read_gate(ctx, train)
+    if gate and gate["scale"] != 1.0:  # the do-no-harm gate kept less of the finetuning: export what it kept
+        from selfguide.backends import hf_model
+        from selfguide.models import resolve_model
+
+        model_dir = Path(gate["model_dir"]) if gate["scale"] else hf_model.materialize(resolve_model(ctx.cfg.model.name))
+        log.warning("export: %s; exporting that model", gate["sentence"])
     out.mkdir(parents=True, exist_ok=True)
     hf_out = out / "hf"
     staging = out / ".hf.tmp"
@@ -278,7 +287,7 @@ def export_model(ctx: Any, out: Path, gguf: bool, outtype: str = "f16", converte
     shutil.copytree(model_dir, staging)
     shutil.rmtree(hf_out, ignore_errors=True)
     os.replace(staging, hf_out)
-    info: dict[str, Any] = {"task": ctx.task.id, "hf": str(hf_out), "trained": train["counts"]}
+    info: dict[str, Any] = {"task": ctx.task.id, "hf": str(hf_out), "trained": train["counts"], "gate": gate}
     if gguf:
         target = out / f"{ctx.task.id}-{outtype}.gguf"
         info["gguf"] = write_gguf(model_dir, target, outtype, converter)

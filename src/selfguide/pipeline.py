@@ -34,9 +34,10 @@ def make_context(
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     run_cfg = cfg or load_config(config, overrides, extra)
     ctx = Context(run_cfg, spec, force=force, backend_factory=backend_factory, progress=progress or Progress())
-    from selfguide.stages.annotate import check_settings
+    from selfguide.stages import annotate, gate
 
-    check_settings(ctx)
+    annotate.check_settings(ctx)
+    gate.check_settings(ctx)
     return ctx
 
 
@@ -112,6 +113,7 @@ def run(
     from selfguide.config import QUICK_PRESET
     from selfguide.report import write_report
     from selfguide.stages.diagnose import diagnose
+    from selfguide.stages.gate import gated_train_manifest, run_gate
     from selfguide.stages.evaluate import evaluate_baselines, evaluate_trained, has_eval_items, no_items_line, no_verdict
     from selfguide.stages.evaluate import verdict as compute_verdict
     from selfguide.stages.train import run_train, write_model_card
@@ -145,8 +147,13 @@ def run(
     ctx.close_backend()  # free the generation model before training needs the memory
     manifests["train"] = timed("train", lambda: run_train(ctx))
     if labelled:
-        manifests["selfguide"] = timed("evaluate-finetuned", lambda: evaluate_trained(ctx, manifests["train"]))
+        gate = timed("gate", lambda: run_gate(ctx, manifests["train"]))
+        evaluated = gated_train_manifest(manifests["train"], gate)
+        manifests["selfguide"] = timed("evaluate-finetuned", lambda: evaluate_trained(ctx, evaluated))
         v = compute_verdict(ctx)
+        if gate:
+            v["gate"] = gate
+            v["sentence"] += f"; {gate['sentence']}"
     else:
         v = no_verdict(ctx)
     v["model"] = manifests["generate"]["inputs"]["model"]

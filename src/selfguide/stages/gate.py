@@ -1,0 +1,145 @@
+"""Do no harm: after training, keep only as much of the finetuning as beats prompting on validation.
+
+A model that teaches itself from its own labels can get worse. With `evaluate.gate=validation`,
+the trained weights W1 are blended with the base weights W0 as W0 + a (W1 - W0) for a in
+{0, 0.5, 1} (for a LoRA run that is the merged adapter scaled by a; a = 0 is the base model), each
+is scored with the few-shot prompt on the task's `validation` split, and the best scale is kept
+(ties go to the smaller one). The verdict is then measured on `evaluate.split`, which must be
+another split: a choice made on the items that are reported would inflate the verdict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from selfguide.errors import ConfigError
+from selfguide.stages.context import Context
+from selfguide.store import atomic_write_json
+
+log = logging.getLogger(__name__)
+STAGE = "gate"
+SCALES = (0.0, 0.5, 1.0)
+GATE_SPLIT = "validation"
+
+
+def check_settings(ctx: Context) -> None:
+    if ctx.cfg.evaluate.gate == "off":
+        return
+    if ctx.cfg.evaluate.split == GATE_SPLIT:
+        raise ConfigError("evaluate.gate=validation chooses the finetuned model's scale on the validation split, so "
+                          "evaluate.split must be another split (test or test_small): choosing on the reported items "
+                          "would inflate the verdict")
+    if GATE_SPLIT not in ctx.task.splits:
+        raise ConfigError(f"evaluate.gate=validation needs a validation split, and task {ctx.task.id} has none "
+                          f"({ctx.task.source}); set evaluate.gate=off")
+
+
+def interpolate(base_dir: Path, tuned_dir: Path, scale: float, out_dir: Path) -> Path:
+    """W0 + scale (W1 - W0) for every weight, saved as a model folder (tokenizer from the tuned one)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if (out_dir / "model.safetensors").exists():
+        return out_dir
+    base: dict[str, Any] = {}
+    for f in sorted(base_dir.glob("*.safetensors")):
+        base.update(load_file(str(f)))
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in tuned_dir.iterdir():
+        if f.suffix != ".safetensors" and f.is_file():
+            shutil.copy2(f, tmp / f.name)
+    tuned: dict[str, Any] = {}
+    for f in sorted(tuned_dir.glob("*.safetensors")):
+        tuned.update(load_file(str(f)))
+    blended = {k: (base[k].float() + scale * (v.float() - base[k].float())).to(v.dtype) if k in base else v for k, v in tuned.items()}
+    save_file(blended, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    for f in tmp.glob("model.safetensors.index.json"):
+        f.unlink()  # one file now
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def choose_scale(scores: dict[float, float]) -> float:
+    """The best-scoring scale; ties go to the smaller change (the base model first)."""
+    return min(scores, key=lambda a: (-scores[a], a))
+
+
+def made_by(train_manifest: dict[str, Any]) -> str:
+    from selfguide.identity import digest
+
+    return digest([train_manifest["config"], train_manifest["inputs"], train_manifest["finished_at"]])[:16]
+
+
+def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Choose the scale on validation; returns {scale, model_dir, scores, sentence} (None when off).
+    Every evaluation is a cached stage; the blended model is keyed by the train stage that made it."""
+    from selfguide.backends import hf_model
+    from selfguide.models import resolve_model
+    from selfguide.stages.evaluate import base_backend_factory, base_identity, model_factory, primary_metric, run_evaluate
+    from selfguide.stages.evaluate import trained_identity
+
+    if ctx.cfg.evaluate.gate == "off":
+        return None
+    started = time.time()
+    vctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, evaluate=dataclasses.replace(ctx.cfg.evaluate, split=GATE_SPLIT)))
+    metric = primary_metric(ctx)
+    tuned = Path(train_manifest["model_dir"])
+    gate_dir = ctx.stage_dir(STAGE)
+    tag = made_by(train_manifest)
+    base = run_evaluate(vctx, "gate-scale-0", base_identity(vctx), base_backend_factory(vctx), shots="fewshot")
+    scores: dict[float, float] = {0.0: base["results"]["scores"][metric]}
+    models: dict[float, str] = {0.0: ctx.cfg.model.name}
+    for scale in SCALES[1:]:
+        if scale == 1.0:
+            model_dir = tuned
+        else:
+            base_dir = hf_model.materialize(resolve_model(ctx.cfg.model.name))
+            model_dir = interpolate(base_dir, tuned, scale, gate_dir / f"model-scale-{scale:g}-{tag}")
+        system = f"gate-scale-{scale:g}"
+        factory = model_factory(vctx, str(model_dir))
+        try:
+            ident = trained_identity(vctx, {**train_manifest, "gate_scale": scale}, system)
+            manifest = run_evaluate(vctx, system, ident, factory, shots="fewshot")
+        finally:
+            factory.close()  # type: ignore[attr-defined]
+        scores[scale] = manifest["results"]["scores"][metric]
+        models[scale] = str(model_dir)
+    best = choose_scale(scores)
+    if best == 0.0:
+        sentence = (f"kept the base model: finetuning did not beat prompting on validation "
+                    f"({metric} {scores[0.0]:.1f} prompting, {scores[0.5]:.1f} at half scale, {scores[1.0]:.1f} finetuned)")
+    else:
+        sentence = (f"kept the finetuning at scale {best:g}: {metric} on validation {scores[0.0]:.1f} prompting, "
+                    f"{scores[0.5]:.1f} at half scale, {scores[1.0]:.1f} at full scale")
+    result = {"scale": best, "model_dir": models[best], "scores": {f"{a:g}": scores[a] for a in SCALES}, "train": tag,
+              "metric": metric, "split": GATE_SPLIT, "items": base["results"]["n"], "sentence": sentence,
+              "seconds": round(time.time() - started, 1)}
+    gate_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(gate_dir / "gate.json", result)
+    (log.warning if best == 0.0 else log.info)("gate[%s]: %s", ctx.task.id, sentence)
+    return result
+
+
+def gated_train_manifest(train_manifest: dict[str, Any], gate: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The train manifest with the gate's model in place of the trained one (unchanged without a gate)."""
+    if not gate:
+        return train_manifest
+    return {**train_manifest, "model_dir": gate["model_dir"], "gate_scale": gate["scale"]}
+
+
+def read_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The gate's choice for this train stage's model, if one was made."""
+    import json
+
+    path = ctx.stage_dir(STAGE) / "gate.json"
+    if not path.exists():
+        return None
+    gate = json.loads(path.read_text(encoding="utf-8"))
+    return gate if gate.get("train") == made_by(train_manifest) else None
