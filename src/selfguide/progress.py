@@ -37,10 +37,11 @@ class Bar:
 
             self._rich = RichProgress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
+                transient=False,
             )
             self._rich.start()
-            self._task = self._rich.add_task(description, total=total, rate="")
+            self._task = self._rich.add_task(description, total=total, rate="", note="")
 
     def resume(self, done: int) -> None:
         """Start from work an earlier run finished."""
@@ -51,15 +52,16 @@ class Bar:
         elif done:
             log.info("%s: resumed at %d/%d %s", self.description, done, self.total, self.unit)
 
-    def advance(self, k: int = 1) -> None:
+    def advance(self, k: int = 1, note: str = "") -> None:
+        """`note`: what the work so far amounts to, in words ("31 inputs kept")."""
         self.done += k
         elapsed = max(time.time() - self.started, 1e-9)
         rate = f"{(self.done - self.resumed_at) / elapsed:.2f} {self.unit}/s"
         if self._rich is not None:
-            self._rich.update(self._task, completed=self.done, rate=rate)
+            self._rich.update(self._task, completed=self.done, rate=rate, note=note)
         elif time.time() - self._last_log > 15 or self.done >= self.total:
             self._last_log = time.time()
-            log.info("%s: %d/%d %s (%s)", self.description, self.done, self.total, self.unit, rate)
+            log.info("%s: %d/%d %s (%s)%s", self.description, self.done, self.total, self.unit, rate, f", {note}" if note else "")
 
     def close(self) -> None:
         if self._rich is not None:

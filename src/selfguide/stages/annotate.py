@@ -183,7 +183,9 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
             batch = [{"id": x["id"].replace(":g:", ":a:", 1), "input_id": x["id"], "input": x["input"],
                       "target_label": x.get("target_label"), **fields} for x, fields in zip(chunk, labelled)]
             units.land(ci, batch)
-            bar.advance(len(chunk))
+            # scored answers are decided at selection (calibration needs the whole pool)
+            answered = sum(r["answer"] is not None for r in units.records) if not scored(ctx) else 0
+            bar.advance(len(chunk), note="labels scored" if scored(ctx) else f"{answered} with an accepted answer")
 
     records = units.records
     order = {x["id"]: i for i, x in enumerate(inputs)}

@@ -149,7 +149,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
                 batch.append(rec)
             pool.extend(r["input"] for r in batch if r["status"] == "kept")
             units.land(rnd, batch)
-            bar.advance()
+            bar.advance(note=f"{len(pool)} inputs kept")
 
     kept = [r for r in records if r["status"] == "kept"]
     rejected = [r for r in records if r["status"] != "kept"]
