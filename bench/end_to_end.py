@@ -83,8 +83,11 @@ def write(args: argparse.Namespace, rows: dict, meta: dict | None = None) -> Non
         import torch
         import transformers
 
+        from selfguide.store import cpu_vector_flags
+
         meta = {"task": Path(args.task).name,
-                "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU",
+                "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), vector flags: "
+                           f"{' '.join(cpu_vector_flags()) or 'none'}, no GPU",
                 "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1))
     names = list(rows)

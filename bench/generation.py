@@ -57,7 +57,8 @@ def build(engine: str, batch: int):
     # prefix_cache_mb=0: the calls below repeat the same prompts, which the native engine's
     # cross-call KV store would serve from memory; its effect on a real stage is in end-to-end.md
     options = {"prefix_cache_mb": 0} if name == "native" else {}  # each backend takes only its own options
-    return get_backend(name, model="embedded", dtype="bfloat16", batch_size=batch, prefix_cache=engine != "hf-plain", **options)
+    # dtype auto: what a run picks on this CPU (bf16 only with AVX512-BF16/AMX; emulated bf16 is several times slower)
+    return get_backend(name, model="embedded", dtype="auto", batch_size=batch, prefix_cache=engine != "hf-plain", **options)
 
 
 def timed(fn) -> tuple[float, object]:
@@ -184,6 +185,7 @@ def main() -> None:
     import transformers
 
     from selfguide.backends.hf_model import cpu_has_native_bf16
+    from selfguide.store import cpu_vector_flags
 
     torch.set_num_threads(os.cpu_count() or 1)
     out = Path(args.out)
@@ -193,7 +195,8 @@ def main() -> None:
         layer_flops, head_flops = model_flops()
         tok, gen_prompts, task_prompts = stage_prompts()
         distinct = {"generate": distinct_tokens(tok, gen_prompts), "annotate": distinct_tokens(tok, task_prompts[:16])}
-        analysis = summarise(results, meta["matmul_roof_gflops"]["bfloat16"], layer_flops, head_flops, args.new_tokens, distinct)
+        analysis = summarise(results, meta["matmul_roof_gflops"]["bfloat16" if cpu_has_native_bf16() else "float32"], layer_flops,
+                             head_flops, args.new_tokens, distinct)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
         plot(results, out.with_suffix(".png"))
         out.with_suffix(".md").write_text(render(meta, results, analysis, args.new_tokens))
@@ -222,14 +225,15 @@ def main() -> None:
         llama_version = "not installed"
     meta = {
         "command": "python bench/generation.py " + " ".join(sys.argv[1:]) + (" (other engines: the saved run)" if args.merge else ""),
-        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}), native bf16 (AVX512-BF16/AMX): "
-                   f"{'yes' if cpu_has_native_bf16() else 'no'}, no GPU",
+        "machine": f"{os.cpu_count()} CPU cores ({cpu_model()}), vector flags: {' '.join(cpu_vector_flags()) or 'none'}; "
+                   f"native bf16 (AVX512-BF16/AMX): {'yes' if cpu_has_native_bf16() else 'no'}, so dtype auto = "
+                   f"{'bfloat16' if cpu_has_native_bf16() else 'float32'}; no GPU",
         "versions": f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
                     f"llama-cpp-python {llama_version}",
         "task": task_file().name,
         "matmul_roof_gflops": roof,
     }
-    analysis = summarise(results, roof["bfloat16"], layer_flops, head_flops, args.new_tokens, distinct)
+    analysis = summarise(results, roof["bfloat16" if cpu_has_native_bf16() else "float32"], layer_flops, head_flops, args.new_tokens, distinct)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
     plot(results, out.with_suffix(".png"))
@@ -295,7 +299,7 @@ def render(meta: dict, results: dict, analysis: dict, new_tokens: int) -> str:
              f"fp32 {meta['matmul_roof_gflops']['float32']} GFLOP/s",
              f"- prompts: {meta['task']}; input-generation prompts as the generate stage renders them "
              f"(mean {next(iter(results.values()))['prompt_tokens_mean'] if results else '?'} tokens), task prompts as annotate/evaluate render them",
-             "- transformers and native run bf16 weights; llama.cpp runs the embedded model's own Q4_1 GGUF (its fastest format here)",
+             "- transformers and native run the dtype a run picks here (see machine); llama.cpp runs the embedded model's own Q4_1 GGUF (its fastest format here)",
              "- native runs without its cross-call KV store here (`model.prefix_cache_mb=0`): these calls repeat the same prompts, "
              "which it would serve from memory; the store's effect on a real stage is in end-to-end.md",
              "", "## Throughput (exactly 64 new tokens per sequence, T=1.0, top-k 40)", "",

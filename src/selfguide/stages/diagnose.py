@@ -27,6 +27,9 @@ STAGE = "diagnose"
 # Tasks whose label scores separate the classes no better than this are "no signal"
 # (small-models.md ranked change 1: AUROC <= 0.55 should be expected to gain nothing).
 NO_SIGNAL_AUROC = 0.55
+# The task's own demonstration order only: separation is a property of the scores, and one order
+# costs a sixth of six (docs/benchmarks/dev/labeller.md compares the AUROC of 1 and 6 orders).
+DIAGNOSIS_ORDERS = 1
 
 
 def diagnose(ctx: Context) -> Optional[dict[str, Any]]:
@@ -39,7 +42,7 @@ def diagnose(ctx: Context) -> Optional[dict[str, Any]]:
     fewshot = ctx.stage_dir("evaluate") / "prompt-fewshot" / "predictions.jsonl"
     if not task.labels or not items or not fewshot.exists():
         return None
-    orders_n = ctx.cfg.annotate.orders
+    orders_n = min(ctx.cfg.annotate.orders, DIAGNOSIS_ORDERS)
     settings = {"split": ctx.cfg.evaluate.split, "max_items": ctx.cfg.evaluate.max_items, "orders": orders_n}
     reads = {"items": digest([[it.id, it.input, list(it.outputs)] for it in items])}
     stage = ctx.open_stage(STAGE, settings, base_identity(ctx), reads, folder=f"evaluate/{STAGE}")
