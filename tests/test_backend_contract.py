@@ -14,6 +14,10 @@ from selfguide.backends.base import LENGTH, STOP, Completion
 
 
 def _available(name: str) -> bool:
+    if name == "openvino":
+        from selfguide.backends.openvino import find_exporter
+
+        return importlib.util.find_spec("openvino_genai") is not None and find_exporter() is not None
     if name != "vllm":
         return True
     if importlib.util.find_spec("vllm") is None:
@@ -23,11 +27,13 @@ def _available(name: str) -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module", params=["hf", "native", "vllm"])
+@pytest.fixture(scope="module", params=["hf", "native", "vllm", "openvino"])
 def backend(request, lively_model):
     if not _available(request.param):
-        pytest.skip(f"{request.param}: not available here (needs vllm and a CUDA GPU)")
-    b = get_backend(request.param, model=str(lively_model), dtype="float32", batch_size=4)
+        pytest.skip(f"{request.param}: not available here (vllm: vllm and a CUDA GPU; openvino: selfguide[openvino] "
+                    "and `selfguide engines setup-openvino`)")
+    options = {} if request.param == "openvino" else {"dtype": "float32"}  # openvino runs its exported fp16 weights
+    b = get_backend(request.param, model=str(lively_model), batch_size=4, **options)
     yield b
     b.close()
 
@@ -72,7 +78,26 @@ def test_finish_reasons(backend):
 
 def test_identity_names_the_engine(backend):
     ident = backend.identity()
-    assert ident["sha256"] and ident["engine"] in ("transformers", "selfguide-native", "vllm")
+    assert ident["sha256"] and ident["engine"] in ("transformers", "selfguide-native", "vllm", "openvino-genai")
+
+
+def test_scores_have_one_per_continuation(backend):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    scores = backend.score(rendered, ["yes", "no", "a longer answer"])
+    assert [len(row) for row in scores] == [3, 3, 3]
+    assert all(s.tokens >= 2 and s.logprob < 0 for row in scores for s in row)  # the words, then the end of the turn
+
+
+def test_per_request_seeds_make_texts_batch_independent(backend):
+    """Engines that seed each request (vllm, openvino) give a prompt the same samples alone as in a
+    call with others; hf and native draw from one generator per call (the same call repeats)."""
+    if backend.name in ("hf", "native"):
+        pytest.skip("hf and native seed per call, not per request")
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    together = backend.generate(rendered, n=2, temperature=1.0, top_k=50, max_new_tokens=8, seed=3)
+    # a request's seed is derived from the call seed and its index: ask for prompt 1 at index 1 again
+    alone = backend.generate([rendered[0], rendered[1]], n=2, temperature=1.0, top_k=50, max_new_tokens=8, seed=3)
+    assert together[:2] == alone
 
 
 def test_vllm_sampling_params_follow_the_contract():

@@ -22,7 +22,7 @@ from selfguide.errors import ConfigError
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "embedded"  # "embedded", a local HF directory, or a local .gguf file
-    backend: str = "auto"  # auto (native on CPU for Llama-family models, else hf) | native | hf | vllm | fake
+    backend: str = "auto"  # auto (native on CPU for Llama-family models, else hf) | native | hf | vllm | openvino | fake
     dtype: str = "auto"  # auto | float32 | bfloat16 (auto: bf16 on CPUs with native bf16, else fp32)
     batch_size: int = 32  # sequences decoded together (native: KV slots; vllm: max_num_seqs)
     device: str = "auto"  # auto | cpu | cuda
@@ -113,7 +113,7 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "model.backend": ("auto", "native", "hf", "vllm", "fake"),
+    "model.backend": ("auto", "native", "hf", "vllm", "openvino", "fake"),
     "model.dtype": ("auto", "float32", "bfloat16"),
     "model.device": ("auto", "cpu", "cuda"),
     "annotate.label_source": ("annotate", "conditioned", "agree"),

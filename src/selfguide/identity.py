@@ -34,6 +34,7 @@ ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
     "hf": ("dtype", "batch_size", "device", "threads", "prefix_cache"),
     "native": ("dtype", "batch_size", "device", "threads", "prefix_cache", "prefix_cache_mb"),
     "vllm": ("dtype", "batch_size", "prefix_cache", "tensor_parallel_size", "gpu_memory_utilization"),
+    "openvino": ("batch_size", "threads", "prefix_cache"),
     "fake": (),
 }
 GENERAL_MODEL_KEYS = ("name", "backend", "device")  # device also places training and picks the engine

@@ -14,6 +14,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("selfguide.backends.hf:HFBackend", "pip install torch==2.13.0 transformers gguf"),
     "native": ("selfguide.backends.native:NativeBackend", "pip install torch==2.13.0 transformers gguf"),
     "vllm": ("selfguide.backends.vllm:VLLMBackend", "pip install 'selfguide[vllm]'"),
+    "openvino": ("selfguide.backends.openvino:OpenVINOBackend", "pip install 'selfguide[openvino]'"),
     "fake": ("selfguide.backends.fake:FakeBackend", ""),
 }
 

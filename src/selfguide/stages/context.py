@@ -68,8 +68,14 @@ class Context:
         return self._engine
 
     def eval_engine(self) -> str:
-        """Evaluation runs the real model on the run's engine (hf when synthesis was scripted)."""
-        engine = "hf" if self.engine() == "fake" else self.engine()
+        """Evaluation runs the real model on the run's engine; hf when synthesis was scripted; with
+        openvino synthesis, the torch engine for this model (a finetuned model would need its own
+        export, and every system of a verdict is evaluated on one engine)."""
+        engine = self.engine()
+        if engine == "fake":
+            engine = "hf"
+        elif engine == "openvino":
+            engine = resolve_backend("auto", self.cfg.model.name, "cpu")
         check_engine_options(self.cfg.model, engine)
         return engine
 

@@ -189,7 +189,7 @@ def base_identity(ctx: Context) -> dict[str, Any]:
 
 def base_backend_factory(ctx: Context) -> Callable[[], Backend]:
     """The base model: the synthesis backend itself when it is the real model, else loaded once."""
-    if ctx.engine() != "fake" and ctx.backend_factory is None:
+    if ctx.engine() == ctx.eval_engine() and ctx.backend_factory is None:
         return ctx.backend
     return model_factory(ctx, ctx.cfg.model.name)
 
