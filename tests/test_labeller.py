@@ -177,6 +177,7 @@ def test_diagnosis_lines():
     assert diagnosis_line(none) == ("diagnosis: the model answers `neutral` on 60 of 60 items and its label scores do not "
                                     "separate the classes (AUROC 0.51): its own labels cannot teach it this task; a larger "
                                     "model is needed (--model PATH)")
+    assert "rank the classes the wrong way round (AUROC 0.20)" in diagnosis_line(dict(none, class_auroc=0.2))
     some = dict(none, class_auroc=0.71, no_signal=False)
     assert "separate the classes (AUROC 0.71)" in diagnosis_line(some)
 

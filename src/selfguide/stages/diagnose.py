@@ -79,7 +79,8 @@ def diagnosis_line(d: dict[str, Any]) -> str:
     if auroc is None:
         return f"diagnosis: {answers}; the items have one class only, so the label scores' separation cannot be measured"
     if d["no_signal"]:
-        return (f"diagnosis: {answers} and its label scores do not separate the classes (AUROC {auroc:.2f}): its own labels "
+        how = ("rank the classes the wrong way round" if auroc < 1 - NO_SIGNAL_AUROC else "do not separate the classes")
+        return (f"diagnosis: {answers} and its label scores {how} (AUROC {auroc:.2f}): its own labels "
                 "cannot teach it this task; a larger model is needed (--model PATH)")
     return (f"diagnosis: {answers}; its label scores separate the classes (AUROC {auroc:.2f}), so labels it gives "
             "itself carry some signal")
