@@ -315,3 +315,15 @@ def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
     preds = {s: [r["prediction"] for r in read_records(res.run_dir / "evaluate" / s / "predictions.jsonl")]
              for s in ("prompt-fewshot", "selfguide")}
     assert gate["scale"] == 0.0 and preds["selfguide"] == preds["prompt-fewshot"]
+
+
+def test_a_bench_over_both_kinds_labels_each_with_what_fits(run_dir):
+    """`selfguide run` refuses a labeller that does not fit the task; a bench applies it where it fits."""
+    from selfguide.config import load_config
+    from selfguide.stages.context import Context
+
+    cfg = load_config(None, [f"run_dir={run_dir}", "generate.target_inputs=8", "annotate.n=2", "annotate.labeller=score"])
+    gen = Context(cfg, load_task(NIV2 / "task1562.paper_prompt.json"), backend_factory=lambda: FakeBackend())
+    cls = Context(cfg, load_task(EXAMPLE), backend_factory=lambda: FakeBackend())
+    assert synthesize(gen)["annotate"]["counts"]["labeller"] == "vote"
+    assert synthesize(cls)["annotate"]["counts"]["labeller"] == "score"

@@ -141,6 +141,7 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         g = manifests["generate"]["counts"]
         row["inputs"] = {"raw": g["raw"], "kept": g["kept"], "rejected": g["rejected"]}
         row["label_mix"] = manifests["annotate"]["counts"].get("label_mix_after")
+        row["labeller"] = manifests["annotate"]["counts"].get("labeller", "vote")
     if "icl-synthetic" in results:
         row["icl_shots"] = results["icl-synthetic"]["shots"]
     return row

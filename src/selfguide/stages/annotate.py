@@ -54,9 +54,17 @@ def output_filter_on(ctx: Context) -> bool:
 SELECTION_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "balance_by", "calibration", "min_margin")
 
 
+def labeller(ctx: Context) -> str:
+    """The labeller this task uses: `score` needs a label set and `mbr` free text; for the other
+    kind of task (a bench over both kinds) the vote labels it. `selfguide run` refuses the
+    mismatch before any work (check_settings)."""
+    chosen = ctx.cfg.annotate.labeller
+    fits = {"vote": True, "score": bool(ctx.task.labels), "mbr": not ctx.task.labels}[chosen]
+    return chosen if fits else "vote"
+
+
 def scored(ctx: Context) -> bool:
-    """The scored labeller is on (it needs a label set: checked before any work, check_settings)."""
-    return ctx.cfg.annotate.labeller == "score" and bool(ctx.task.labels)
+    return labeller(ctx) == "score"
 
 
 def check_settings(ctx: Context) -> None:
@@ -104,7 +112,7 @@ def annotate_samples(ctx: Context, samples: list[Completion]) -> dict[str, Any]:
             if reason is None:
                 survivors.append(text)
         reasons.append(reason)
-    vote = mbr_pick(survivors, a.min_agreement) if a.labeller == "mbr" else majority_vote(survivors, a.min_agreement)
+    vote = mbr_pick(survivors, a.min_agreement) if labeller(ctx) == "mbr" else majority_vote(survivors, a.min_agreement)
     return {
         "samples": [s.text for s in samples],
         "sample_reasons": reasons,
@@ -216,10 +224,10 @@ def select_pairs(ctx: Context, records: list[dict[str, Any]],
         if source == "annotate" or r.get("target_label") is None:
             if r["answer"] is None:
                 reason = ("low_margin" if is_scored else "no_valid_sample" if r["surviving"] == 0
-                          else "low_consensus" if a.labeller == "mbr" else "no_majority")
+                          else "low_consensus" if labeller(ctx) == "mbr" else "no_majority")
                 rejected.append({**r, "reason": reason})
                 continue
-            candidates.append({**pair, "output": r["answer"], "label_source": "score" if is_scored else a.labeller})
+            candidates.append({**pair, "output": r["answer"], "label_source": labeller(ctx)})
             continue
         target = r["target_label"]
         if source == "agree":
@@ -236,7 +244,7 @@ def select_pairs(ctx: Context, records: list[dict[str, Any]],
         "samples": sum(len(r["samples"]) for r in records),
         "samples_rejected": dict(sorted(sample_reasons.items())),
         "label_source": source,
-        "labeller": a.labeller,
+        "labeller": labeller(ctx),
         "rejected": dict(Counter(r["reason"] for r in rejected)),
         "labelled": len(candidates),
     }
