@@ -191,7 +191,7 @@ def test_run_diagnoses_before_synthesis_and_reports_it(run_dir, tiny_model):
                         backend_factory=lambda: FakeBackend())
     d = res.verdict["diagnosis"]
     assert d["items"] == 8 and 0 <= d["class_auroc"] <= 1 and d["line"].startswith("diagnosis: the model answers")
-    manifest = json.loads((res.run_dir / "evaluate" / "diagnose" / "MANIFEST.json").read_text())
+    manifest = json.loads((res.run_dir / "diagnose" / "MANIFEST.json").read_text())
     generated = json.loads((res.run_dir / "generate" / "MANIFEST.json").read_text())
     assert manifest["finished_at"] <= generated["finished_at"]
     assert d["line"] in res.report.read_text() if res.report.suffix == ".md" else True

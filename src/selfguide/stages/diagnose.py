@@ -45,7 +45,7 @@ def diagnose(ctx: Context) -> Optional[dict[str, Any]]:
     orders_n = min(ctx.cfg.annotate.orders, DIAGNOSIS_ORDERS)
     settings = {"split": ctx.cfg.evaluate.split, "max_items": ctx.cfg.evaluate.max_items, "orders": orders_n}
     reads = {"items": digest([[it.id, it.input, list(it.outputs)] for it in items])}
-    stage = ctx.open_stage(STAGE, settings, base_identity(ctx), reads, folder=f"evaluate/{STAGE}")
+    stage = ctx.open_stage(STAGE, settings, base_identity(ctx), reads)
     if stage.begin(ctx.force) == "done":
         return stage.skip(task.id)["counts"]
     started = time.time()
