@@ -163,8 +163,10 @@ def write_md(path, data, header):
     for key in sorted(data["tasks"]):
         r = data["tasks"][key]
         lines.append(f"| {r['task']} | " + " | ".join(str(r["methods"][m]["conf_auroc"]) for m in METHODS) + " |")
-    lines += ["", "Seconds per task (AVX2 numbers are fp32): " + "; ".join(
+    lines += ["", "Seconds per task (fp32 on this CPU; other work shared the 2 cores for part of the run, so these are not "
+              "speed measurements): " + "; ".join(
         f"{r['task']} vote {r['seconds']['vote']} / score {r['seconds']['score_6_orders']}" for r in data["tasks"].values())]
+    lines += ["", "What these numbers say, and the decisions taken on them: [labeller-reading.md](labeller-reading.md)."]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

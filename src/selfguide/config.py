@@ -96,7 +96,7 @@ class EvaluateConfig:
     metrics: str = "official"  # official (NIv2) | paper (paper-compatible); both are always stored
     bootstrap: int = 1000  # paired bootstrap resamples for the verdict's CI (at least MIN_BOOTSTRAP)
     baselines: tuple[str, ...] = ("fewshot", "zeroshot")
-    calibration: str = "generative"  # prompt-calibrated (classification): none | batch | generative | content-free
+    calibration: str = "content-free"  # prompt-calibrated (classification): none | batch | generative | content-free (best mean EM on the dev tasks, docs/benchmarks/dev/labeller.md)
     gate: str = "off"  # off | validation: keep the finetuning's scale (0, 0.5, 1) that scores best on validation (stages/gate.py)
 
 
