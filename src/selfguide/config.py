@@ -180,7 +180,7 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
 BASELINES = ("fewshot", "zeroshot")
 
 # Settings that shrink the work so `selfguide run --quick` finishes in about 5 minutes on 2 cores
-# of an AVX2-only CPU in fp32 (5:07 measured, docs/first-run.md), about 4 with AMX bf16.
+# of an AVX2-only CPU in fp32 (5:11 measured with the diagnosis pass, docs/first-run.md), about 4 with AMX bf16.
 QUICK_PRESET: dict[str, Any] = {
     "generate.target_inputs": 120,
     "annotate.n": 5,
