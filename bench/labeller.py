@@ -37,17 +37,16 @@ METHODS = ("vote", "score-1", "score", "score+batch", "score+gen", "score+cf")
 
 
 def judge(dists, gold, labels):
-    from selfguide.calibration import argmax, auroc, class_auroc, macro_f1, margin, one_label_share
+    from selfguide.calibration import argmax, auroc, gold_auroc, macro_f1, margin, one_label_share
 
     pred = [None if d is None else labels[argmax(d)] for d in dists]
     ok = [p == g for p, g in zip(pred, gold)]
     have = [i for i, d in enumerate(dists) if d is not None]
-    gold_idx = [labels.index(gold[i]) for i in have]
     return {
         "em": round(100 * sum(ok) / len(ok), 1),
         "macro_f1": round(100 * macro_f1(pred, gold, labels), 1),
         "one_label": round(100 * one_label_share(pred), 1),
-        "class_auroc": _r(class_auroc([dists[i] for i in have], gold_idx)),
+        "class_auroc": _r(gold_auroc([dists[i] for i in have], [gold[i] for i in have], labels)),
         "conf_auroc": _r(auroc([margin(dists[i]) for i in have], [ok[i] for i in have])),
         "mix": dict(Counter(p or "<none>" for p in pred)),
     }
@@ -133,7 +132,7 @@ def run_task(tid, n_items, run_dir):
 
 
 def write_md(path, data, header):
-    lines = [f"# Labelling without training: vote vs scored vs calibrated (inference only)\n", header, "",
+    lines = ["# Labelling without training: vote vs scored vs calibrated (inference only)\n", header, "",
              "Each cell: exact match / macro-F1 / class AUROC. `one` = share of the most common answer (vote, score+gen).",
              "A class AUROC near 0.5 means the model's label scores do not separate the classes: no labeller and no",
              "calibration can teach the task from its own labels (calibration only shifts the boundary).\n",

@@ -85,6 +85,12 @@ def class_auroc(dists: Sequence[Sequence[float]], gold: Sequence[int]) -> Option
     return sum(found) / len(found) if found else None
 
 
+def gold_auroc(dists: Sequence[Sequence[float]], gold: Sequence[str], labels: Sequence[str]) -> Optional[float]:
+    """class_auroc over the items whose gold answer is one of `labels` (others cannot be ranked)."""
+    known = [(d, list(labels).index(g)) for d, g in zip(dists, gold) if g in labels]
+    return class_auroc([d for d, _ in known], [g for _, g in known]) if known else None
+
+
 def macro_f1(predicted: Sequence[Optional[str]], gold: Sequence[str], labels: Sequence[str]) -> float:
     """Mean F1 over the labels that occur in gold or predictions (an off-label answer is wrong)."""
     used = [lab for lab in labels if lab in gold or lab in predicted]

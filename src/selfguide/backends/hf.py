@@ -32,7 +32,7 @@ def shared_prefix_len(ids: list[list[int]]) -> int:
     return k if k >= MIN_SHARED_PREFIX else 0
 
 
-class HFBackend:
+class HFBackend(hf_model.TokenizerFrontEnd):
     name = "hf"
     ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence (vLLM's ignore_eos)
 
@@ -64,15 +64,6 @@ class HFBackend:
         self._identity = {**self.ref.identity(), "engine": "transformers", "dtype": str(self.dtype).replace("torch.", "")}
 
     # -- contract -------------------------------------------------------------------------
-
-    def identity(self) -> dict[str, Any]:
-        return dict(self._identity)
-
-    def render(self, messages: Sequence[dict[str, str]], prefill: str = "") -> str:
-        return hf_model.render_prompt(self.tokenizer, messages, prefill)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def close(self) -> None:
         import gc
@@ -126,8 +117,7 @@ class HFBackend:
 
         if not prompts or not continuations:
             return [[] for _ in prompts]
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        conts = [self.tokenizer(c + self.end_text, add_special_tokens=False)["input_ids"] for c in continuations]
+        ids, conts = self.score_ids(prompts, continuations)
         prefix_len = shared_prefix_len(ids) if self.prefix_cache else 0
         prefix = HFBackend._encode_prefix(self, ids[0][:prefix_len]) if prefix_len else None
         jobs = [(p, c) for p in range(len(ids)) for c in range(len(conts))]

@@ -143,3 +143,28 @@ def render_prompt(tok: Any, messages: Any, prefill: str = "") -> str:
     if getattr(tok, "chat_template", None):
         return tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True) + prefill
     return render_plain(messages, prefill)
+
+
+class TokenizerFrontEnd:
+    """What every engine driven through the model's transformers tokenizer shares (hf, native,
+    vllm, openvino): the chat template, token counts, its identity, and the ids `score` needs."""
+
+    tokenizer: Any
+    end_text: str
+    _identity: dict[str, Any]
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def render(self, messages: Any, prefill: str = "") -> str:
+        return render_prompt(self.tokenizer, messages, prefill)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def score_ids(self, prompts: Any, continuations: Any) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids of the prompts, and of each continuation as a complete answer (its text, then
+        the end of the turn)."""
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        conts = [self.tokenizer(c + self.end_text, add_special_tokens=False)["input_ids"] for c in continuations]
+        return ids, conts

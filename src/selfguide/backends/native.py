@@ -198,8 +198,7 @@ class NativeBackend(HFBackend):
 
         if not prompts or not continuations:
             return [[] for _ in prompts]
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        conts = [self.tokenizer(c + self.end_text, add_special_tokens=False)["input_ids"] for c in continuations]
+        ids, conts = self.score_ids(prompts, continuations)
         P = shared_prefix_len(ids) if self.prefix_cache else 0
         suffixes = [x[P:] for x in ids]
         result: list[list[TokenScore]] = []

@@ -86,7 +86,7 @@ def export(ref: ModelRef) -> Path:
     return target
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(hf_model.TokenizerFrontEnd):
     name = "openvino"
     ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence
 
@@ -114,15 +114,6 @@ class OpenVINOBackend:
         self._scorer: Any = None
         self._identity = {**self.ref.identity(), "engine": "openvino-genai", "dtype": f"{WEIGHT_FORMAT} weights",
                           "openvino_genai": og.__version__.split("-")[0]}
-
-    def identity(self) -> dict[str, Any]:
-        return dict(self._identity)
-
-    def render(self, messages: Sequence[dict[str, str]], prefill: str = "") -> str:
-        return hf_model.render_prompt(self.tokenizer, messages, prefill)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _config(self, n: int, temperature: float, top_k: int, top_p: float, max_new_tokens: int, stop: Sequence[str],
                 seed: int) -> Any:

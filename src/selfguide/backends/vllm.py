@@ -66,7 +66,7 @@ def sampling_params(
     }
 
 
-class VLLMBackend:
+class VLLMBackend(hf_model.TokenizerFrontEnd):
     name = "vllm"
     ignore_eos = False
 
@@ -111,15 +111,6 @@ class VLLMBackend:
         self._identity = {**self.ref.identity(), "engine": "vllm", "dtype": dtype,
                           "tensor_parallel_size": tensor_parallel_size}
 
-    def identity(self) -> dict[str, Any]:
-        return dict(self._identity)
-
-    def render(self, messages: Sequence[dict[str, str]], prefill: str = "") -> str:
-        return hf_model.render_prompt(self.tokenizer, messages, prefill)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def generate(
         self,
         prompts: Sequence[str],
@@ -153,8 +144,7 @@ class VLLMBackend:
         caching shares the prompt between a prompt's continuations)."""
         if not prompts or not continuations:
             return [[] for _ in prompts]
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        conts = [self.tokenizer(c + self.end_text, add_special_tokens=False)["input_ids"] for c in continuations]
+        ids, conts = self.score_ids(prompts, continuations)
         self._conn.send(("score", [x + c for x in ids for c in conts]))
         status, result = self._conn.recv()
         if status != "ok":

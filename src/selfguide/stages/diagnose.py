@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any, Optional
 
 from selfguide import label_scores
-from selfguide.calibration import calibrate, class_auroc, mean_distribution
+from selfguide.calibration import calibrate, gold_auroc, mean_distribution
 from selfguide.identity import digest
 from selfguide.stages.context import Context, derive_seed
 from selfguide.store import read_records
@@ -60,8 +60,7 @@ def diagnose(ctx: Context) -> Optional[dict[str, Any]]:
     if hasattr(factory, "close"):  # a model loaded for this alone (not the run's shared backend)
         factory.close()
     calibrated = [calibrate(d, mean_distribution(dists)) for d in dists]
-    known = [(d, task.labels.index(it.outputs[0])) for d, it in zip(calibrated, items) if it.outputs[0] in task.labels]
-    auroc = class_auroc([d for d, _ in known], [g for _, g in known]) if known else None
+    auroc = gold_auroc(calibrated, [it.outputs[0] for it in items], task.labels)
     answers = Counter(r.get("predicted_label") or "<other>" for r in read_records(fewshot))
     top, count = answers.most_common(1)[0]
     counts = {"items": len(items), "fewshot_top_answer": top, "fewshot_top_count": count,

@@ -207,7 +207,7 @@ def evaluate_calibrated(ctx: Context) -> dict[str, Any]:
     synthetic pool (the generate stage's inputs), content-free = "N/A"-like inputs. It shows
     whether finetuning adds anything over using the calibrated scores directly."""
     from selfguide import label_scores
-    from selfguide.calibration import argmax, calibrate, class_auroc, mean_distribution
+    from selfguide.calibration import argmax, calibrate, gold_auroc, mean_distribution
     from selfguide.stages.context import derive_seed
     from selfguide.store import file_hash
 
@@ -260,8 +260,7 @@ def evaluate_calibrated(ctx: Context) -> dict[str, Any]:
                       "scores": score_item(label, it.outputs, task.kind, gold_labels)})
     write_records(stage.dir / "predictions.jsonl", preds)
     results = summarize(ctx, preds)
-    known = [(p["calibrated_probs"], task.labels.index(it.outputs[0])) for p, it in zip(preds, items) if it.outputs[0] in task.labels]
-    auroc = class_auroc([d for d, _ in known], [g for _, g in known]) if known else None
+    auroc = gold_auroc([p["calibrated_probs"] for p in preds], [it.outputs[0] for it in items], task.labels)
     results["class_auroc"] = round(auroc, 4) if auroc is not None else None
     results["calibration"] = {"kind": e.calibration, "prior": dict(zip(task.labels, [round(x, 4) for x in prior])) if prior else None}
     atomic_write_json(stage.dir / "results.json", results)
