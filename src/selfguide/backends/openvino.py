@@ -51,10 +51,12 @@ def setup_exporter() -> Path:
     import sys
 
     venv = exporter_venv()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     # torch pinned in the same resolution, so pip keeps the CPU build instead of pulling CUDA wheels
-    subprocess.run([*pip, *EXPORT_PINS], check=True)
+    for step in ([sys.executable, "-m", "venv", str(venv)], [*pip, *EXPORT_PINS]):
+        if subprocess.run(step).returncode != 0:
+            raise BackendError(f"could not build the OpenVINO export environment ({' '.join(step[:4])} ... failed); "
+                               f"check the network or pip's message above, then run `selfguide engines setup-openvino` again")
     # torchvision resolves to a build whose operators do not load beside CPU torch (engines.md, blocker 5)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-y", "-q", "torchvision"], check=False)
     return venv / "bin" / "optimum-cli"
