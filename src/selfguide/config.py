@@ -86,6 +86,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     bf16: str = "auto"  # auto | true | false  (bf16 autocast, fp32 master weights)
+    shared_prefix: bool = True  # one process: encode the prompt prefix all pairs share (instruction + examples) once per batch, not once per row
 
 
 @dataclass(frozen=True)

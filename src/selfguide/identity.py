@@ -14,6 +14,9 @@ History:
   1  KV store, prefill batching, shared-prefix store, blocked bf16 weights, q/k rotation,
      top-k draws (ced82c6..c02ae2b); cut annotation samples rejected; evaluation decode budget
      from the examples only; task121's demonstration overlaps left out of its test split
+  2  training encodes the prompt prefix all pairs share once per batch (train.shared_prefix):
+     same loss and gradients to float rounding, but one LoRA-dropout mask for the prefix instead
+     of one per row, so the trained weights differ in their last bits
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, Optional
 from selfguide.config import ModelConfig
 from selfguide.errors import ConfigError
 
-NUMERICS_VERSION = 1
+NUMERICS_VERSION = 2
 
 # The model settings each engine takes; any other model setting changed from its default is a
 # config error for that engine, never a silent no-op. All of them are part of the identity.

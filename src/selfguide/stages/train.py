@@ -36,9 +36,15 @@ def learning_rate(ctx: Context) -> float:
     return t.learning_rate if t.learning_rate is not None else DEFAULT_LR[t.method]
 
 
+def uses_shared_prefix(ctx: Context, world: int) -> bool:
+    """One process only: under data parallelism the model is wrapped for one forward per backward."""
+    return ctx.cfg.train.shared_prefix and world == 1
+
+
 def make_stage(ctx: Context, pairs_path: Path, name: str, device: str, world: int) -> Stage:
     settings = {"train": to_dict(ctx.cfg.train), "learning_rate": learning_rate(ctx),
-                "resolved": {"bf16": _use_bf16(ctx, device), "device": device.split(":")[0], "world_size": world}}
+                "resolved": {"bf16": _use_bf16(ctx, device), "device": device.split(":")[0], "world_size": world,
+                             "shared_prefix": uses_shared_prefix(ctx, world)}}
     return ctx.open_stage(name, settings, ctx.base_model_identity(None), {"pairs": file_hash(pairs_path)})
 
 
@@ -89,17 +95,24 @@ class PadCollator:
     per ~500-token prompt, and the head (vocab x hidden) with its float32 logits was ~40% of a
     training step on the embedded model. The model gets those positions as `logits_to_keep` and
     their next tokens as `shift_labels` (transformers' causal-LM loss then skips its own shift);
-    the loss is the same mean over the same answer tokens as with full logits."""
+    the loss is the same mean over the same answer tokens as with full logits.
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    With `prefix_len` > 0 every row starts with the same `prefix_len` prompt tokens (the
+    instruction and the examples): the batch then carries them once as `prefix_ids` and the rows
+    hold only what follows (`SharedPrefixTrainer` encodes the prefix once and repeats its keys and
+    values for the rows)."""
+
+    def __init__(self, pad_id: int, prefix_len: int = 0):
+        self.pad_id, self.prefix_len = pad_id, prefix_len
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
-        width = max(len(b["input_ids"]) for b in batch)
+        cut = self.prefix_len
+        rows = [{"input_ids": b["input_ids"][cut:], "labels": b["labels"][cut:]} for b in batch]
+        width = max(len(b["input_ids"]) for b in rows)
         ids, labels, mask = [], [], []
-        for b in batch:
+        for b in rows:
             pad = width - len(b["input_ids"])
             ids.append(b["input_ids"] + [self.pad_id] * pad)
             labels.append(b["labels"] + [-100] * pad)
@@ -107,10 +120,47 @@ class PadCollator:
         targets = torch.tensor(labels)[:, 1:]  # position i predicts token i + 1
         keep = (targets != -100).any(0).nonzero()[:, 0]
         shifted = targets[:, keep]
-        return {
+        out = {
             "input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask),
             "logits_to_keep": keep, "shift_labels": shifted, "labels": shifted,
         }
+        if cut:
+            out["prefix_ids"] = torch.tensor([batch[0]["input_ids"][:cut]])
+        return out
+
+
+def shared_prefix_length(examples: list[dict[str, list[int]]]) -> int:
+    """Tokens every example starts with, ending before the first prompt's end (so the token after
+    the prefix is still a prompt token: the prefix's last position predicts nothing)."""
+    first = examples[0]["input_ids"]
+    n = min(next(i for i, t in enumerate(ex["labels"]) if t != -100) for ex in examples) - 1
+    for ex in examples[1:]:
+        ids = ex["input_ids"]
+        n = next((i for i in range(n) if ids[i] != first[i]), n)
+    return max(n, 0)
+
+
+def shared_prefix_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """The causal-LM loss of a batch whose rows share `prefix_ids`: one forward over the prefix
+    (batch 1), its key/value cache repeated for every row, then the rows' own tokens attend to it.
+    Same positions, same masks, same targets as the full rows; the gradient flows through the
+    repeated cache into the prefix (LoRA changes the prefix's keys and values too). Only the prefix's
+    dropout masks differ: one for all rows instead of one per row."""
+    import torch
+
+    prefix = inputs["prefix_ids"]
+    ids = inputs["input_ids"]
+    cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
+    cache.batch_repeat_interleave(ids.shape[0])
+    mask = torch.cat([torch.ones(ids.shape[0], prefix.shape[1], dtype=inputs["attention_mask"].dtype,
+                                 device=ids.device), inputs["attention_mask"]], dim=1)
+    logits = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True,
+                   logits_to_keep=inputs["logits_to_keep"]).logits
+    targets = inputs["shift_labels"]
+    total = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                              ignore_index=-100, reduction="sum")
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    return total / count
 
 
 def _use_bf16(ctx: Context, device: str) -> bool:
@@ -209,7 +259,8 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
             "see the annotate funnel, and raise generate.target_inputs or try annotate.label_source=conditioned"
         )
     args = training_arguments(ctx, stage, device)  # before the model is built, so DeepSpeed ZeRO-3 init applies
-    trainer = make_trainer(ctx, stage, args, build_model(ctx, base_dir), examples, tok)
+    prefix_len = shared_prefix_length(examples) if uses_shared_prefix(ctx, world) else 0
+    trainer = make_trainer(ctx, stage, args, build_model(ctx, base_dir), examples, tok, prefix_len)
     checkpoint = resume_point(stage, rank, world)
     t = ctx.cfg.train
     log.info("train[%s]: %s finetuning on %d pairs for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
@@ -217,7 +268,7 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     counts = {
         "pairs": len(pairs) - replayed, "replayed_examples": replayed, "trained_on": len(examples), "dropped_too_long": too_long,
-        "steps": trainer.state.global_step, "train_loss": result.training_loss,
+        "steps": trainer.state.global_step, "train_loss": result.training_loss, "shared_prefix_tokens": prefix_len,
     }
     manifest = save_outputs(ctx, stage, trainer, tok, base_dir, counts, started, rank)
     if world > 1:
@@ -276,7 +327,8 @@ def training_arguments(ctx: Context, stage: Stage, device: str) -> Any:
     )
 
 
-def make_trainer(ctx: Context, stage: Stage, args: Any, model: Any, examples: list[dict[str, list[int]]], tok: Any) -> Any:
+def make_trainer(ctx: Context, stage: Stage, args: Any, model: Any, examples: list[dict[str, list[int]]], tok: Any,
+                 prefix_len: int = 0) -> Any:
     """transformers' Trainer over the tokenised pairs; losses go to metrics.jsonl, time to the stage."""
     import torch
     from transformers import Trainer, TrainerCallback
@@ -299,8 +351,19 @@ def make_trainer(ctx: Context, stage: Stage, args: Any, model: Any, examples: li
             if state.is_world_process_zero:
                 stage.landed()  # the epoch's time survives a crash with its checkpoint
 
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset(), data_collator=PadCollator(tok.pad_token_id),
-                      callbacks=[LogToJsonl(), *ctx.train_callbacks])
+    class SharedPrefixTrainer(Trainer):
+        """Batches that carry `prefix_ids` take `shared_prefix_loss`; others the model's own loss."""
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if "prefix_ids" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = shared_prefix_loss(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
+            return (loss, None) if return_outputs else loss
+
+    trainer = SharedPrefixTrainer(model=model, args=args, train_dataset=Dataset(),
+                                  data_collator=PadCollator(tok.pad_token_id, prefix_len),
+                                  callbacks=[LogToJsonl(), *ctx.train_callbacks])
     if not ctx.progress.enabled:
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
