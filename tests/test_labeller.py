@@ -16,6 +16,7 @@ from selfguide.backends.fake import FakeBackend
 from selfguide.errors import ConfigError
 from selfguide.filters import DedupIndex, rouge_l_f, words
 from selfguide.pipeline import make_context, synthesize
+from selfguide.prompts import INPUT_WRITER_SYSTEM
 from selfguide.stages.gate import choose_scale
 from selfguide.store import read_records
 from selfguide.task import Example, load_task
@@ -72,6 +73,51 @@ def test_rouge_filter_matches_rouge_score_and_rejects_near_copies():
     assert index.check("Premise: the liver has a right lobe and a left lobe. Hypothesis: the liver has two lobes.") == "rouge_similar"
     assert index.check("Premise: bees make honey from nectar. Hypothesis: honey comes from bees.") is None
     assert DedupIndex(None).check("Premise: the liver has a right lobe and a left lobe. Hypothesis: the liver has two lobes.") is None
+
+
+def test_input_writer_system_turn_and_topic_seeds():
+    """generate.system_prompt=writer replaces the template's default persona with a system turn;
+    topic_seeds asks for a topic and is drawn last, so every other draw matches the paper's prompt."""
+    import random
+
+    from selfguide import prompts
+
+    task = load_task(EXAMPLE)
+    pool = ["Premise: a. Hypothesis: b.", "Premise: c. Hypothesis: d.", "Premise: e. Hypothesis: f."]
+    plain, label = prompts.sample_generation_prompt(task, pool, random.Random(3), 10, True)
+    seeded, label2 = prompts.sample_generation_prompt(task, pool, random.Random(3), 10, True,
+                                                      prompts.INPUT_WRITER_SYSTEM, topic_seeds=True)
+    assert [m["role"] for m in plain] == ["user"] and [m["role"] for m in seeded] == ["system", "user"]
+    assert seeded[0]["content"] == prompts.INPUT_WRITER_SYSTEM and label2 == label
+    topic = seeded[1]["content"].split("Write it about ")[1].split(".")[0]
+    assert topic in prompts.TOPIC_SEEDS
+    assert seeded[1]["content"].replace(f" Write it about {topic}.", "") == plain[0]["content"]
+
+
+def test_generate_stage_sends_the_writer_system_turn(run_dir, tiny_model):
+    """Through the real chat template of a real tokenizer: the rendered generation prompts carry the
+    writer system turn, and the setting is part of the stage's identity."""
+    from selfguide.backends import get_backend
+    from selfguide.stages.generate import run_generate
+
+    seen: list[str] = []
+
+    class Recording(FakeBackend):
+        hf = get_backend("hf", model=str(tiny_model), dtype="float32")
+
+        def render(self, messages, prefill=""):
+            text = self.hf.render(messages, prefill)
+            seen.append(text)
+            return text
+
+    over = ["generate.target_inputs=10", "generate.system_prompt=writer", "generate.topic_seeds=true"]
+    ctx = ctx_for(run_dir, overrides=over, backend=Recording())
+    m = run_generate(ctx)
+    assert m["config"]["generate"]["system_prompt"] == "writer" and m["config"]["resolved"]["topic_seeds"] is True
+    assert len(seen) == 10 and all(t.startswith("<|im_start|>system\n" + INPUT_WRITER_SYSTEM) for t in seen)
+    assert all("Write it about " in t for t in seen)
+    with pytest.raises(ConfigError, match="generate.system_prompt"):
+        ctx_for(run_dir, overrides=["generate.system_prompt=chatty"])
 
 
 # ------------------------------------------------------------------ real model: teacher-forced scores

@@ -48,6 +48,8 @@ class GenerateConfig:
     rouge_threshold: Optional[float] = None  # Self-Instruct: reject when word ROUGE-L F vs an example or kept input >= this (0.7); null = off
     noise_terms: tuple[str, ...] = ()  # extra per-task noise terms (added to the defaults)
     placeholder_filter: bool = False  # reject inputs with bracketed slots like "[n]" (turned off, with a warning, for tasks whose examples have them)
+    system_prompt: str = "none"  # none: no system turn (the paper; a chat template may add its default persona) | writer: prompts.INPUT_WRITER_SYSTEM
+    topic_seeds: bool = False  # ask each prompt for an input about a random broad topic (prompts.TOPIC_SEEDS)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "annotate.label_source": ("annotate", "conditioned", "agree"),
     "annotate.balance": ("downsample", "cap", "off"),
     "annotate.labeller": ("vote", "score", "mbr"),
+    "generate.system_prompt": ("none", "writer"),
     "annotate.calibration": ("none", "batch", "generative", "content-free"),
     "annotate.balance_by": ("random", "confidence"),
     "evaluate.calibration": ("none", "batch", "generative", "content-free"),

@@ -21,6 +21,18 @@ SEPARATOR = "-" * 50
 INPUT_PREFILL = '[input]="'
 # Completions of input generation stop at the end of the quoted input or at a second field.
 INPUT_STOP = ('"\n', "\n\n", "[output]", "\n[input]")
+# generate.system_prompt=writer: a system turn for input generation, so a chat template's default
+# persona ("You are a helpful AI assistant named ...") does not frame the request as a chat.
+INPUT_WRITER_SYSTEM = "You write new inputs for a task. You reply with one new input only, never with an answer or a comment."
+# generate.topic_seeds: broad subjects, one drawn per prompt, for more varied inputs (Self-Instruct-style
+# attribute seeds); the task's format still comes from the examples.
+TOPIC_SEEDS = (
+    "animals", "art", "business", "childhood", "cities", "climate", "cooking", "crime", "economics", "education",
+    "energy", "family", "farming", "fashion", "film", "friendship", "games", "geography", "health", "history",
+    "holidays", "housing", "law", "literature", "medicine", "military", "money", "music", "nature", "oceans",
+    "physics", "plants", "politics", "religion", "school", "science", "shopping", "space", "sports",
+    "technology", "transport", "travel", "weather", "work",
+)
 
 
 def input_generation_messages(
@@ -28,8 +40,13 @@ def input_generation_messages(
     example_inputs: Sequence[str],
     pool_inputs: Sequence[str],
     label: Optional[str] = None,
+    system: Optional[str] = None,
+    topic: Optional[str] = None,
 ) -> list[Message]:
-    """One prompt asking for one new input (method.md §4.1, authors' template adapted to chat)."""
+    """One prompt asking for one new input (method.md §4.1, authors' template adapted to chat).
+
+    `system=None` sends no system turn (the paper's prompt; the chat template may add its default),
+    `topic` asks for an input about that subject."""
     high = "\n\n".join(f'[input]="{x}"' for x in example_inputs)
     low = "\n\n".join(f'[input]="{x}"' for x in pool_inputs) if pool_inputs else "N/A"
     directive = (
@@ -41,6 +58,8 @@ def input_generation_messages(
             f' The expected [output] for your new [input] is "{label}". '
             f'Write an [input] whose correct [output] is "{label}".'
         )
+    if topic is not None:
+        directive += f" Write it about {topic}."
     directive += " Think twice, then reply with the new [input] only."
     text = "\n".join(
         [
@@ -65,7 +84,8 @@ def input_generation_messages(
             directive,
         ]
     )
-    return [{"role": "user", "content": text}]
+    user: Message = {"role": "user", "content": text}
+    return [{"role": "system", "content": system}, user] if system is not None else [user]
 
 
 def sample_generation_prompt(
@@ -74,14 +94,18 @@ def sample_generation_prompt(
     rng: random.Random,
     max_pool_examples: int,
     label_conditioned: bool,
+    system: Optional[str] = None,
+    topic_seeds: bool = False,
 ) -> tuple[list[Message], Optional[str]]:
-    """Draw the random parts of one generation prompt: example order, pool sample, target label."""
+    """Draw the random parts of one generation prompt: example order, pool sample, target label
+    and, with `topic_seeds`, a topic (drawn last, so the other draws match a run without it)."""
     example_inputs = [e.input for e in task.examples]
     rng.shuffle(example_inputs)
     k_max = min(max_pool_examples, len(pool))
     pool_sample = rng.sample(list(pool), rng.randint(1, k_max)) if k_max > 0 else []
     label = rng.choice(task.labels) if (label_conditioned and task.labels) else None
-    return input_generation_messages(task, example_inputs, pool_sample, label), label
+    topic = rng.choice(TOPIC_SEEDS) if topic_seeds else None
+    return input_generation_messages(task, example_inputs, pool_sample, label, system, topic), label
 
 
 def system_text(task: TaskSpec) -> str:

@@ -44,6 +44,8 @@ class GenerateSettings:
     rouge_threshold: Optional[float]
     noise_terms: tuple[str, ...]
     placeholder_filter: bool
+    system: Optional[str]
+    topic_seeds: bool
 
 
 def resolve_settings(ctx: Context) -> GenerateSettings:
@@ -67,6 +69,8 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         rouge_threshold=g.rouge_threshold,
         noise_terms=tuple(task.noise_terms) + tuple(g.noise_terms),
         placeholder_filter=g.placeholder_filter and not placeholder_in_examples(task),
+        system=prompts.INPUT_WRITER_SYSTEM if g.system_prompt == "writer" else None,
+        topic_seeds=g.topic_seeds,
     )
 
 
@@ -125,7 +129,8 @@ def run_generate(ctx: Context) -> dict[str, Any]:
         for rnd in units:
             rng = random.Random(derive_seed(ctx.cfg.seed, task.id, STAGE, rnd))
             drafts = [
-                prompts.sample_generation_prompt(task, pool, rng, s.max_pool_examples, s.label_conditioned)
+                prompts.sample_generation_prompt(task, pool, rng, s.max_pool_examples, s.label_conditioned,
+                                                 s.system, s.topic_seeds)
                 for _ in range(s.prompts_per_round)
             ]
             backend = ctx.backend()
