@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/selfguide doctor
-	$(VENV)/bin/selfguide run examples/scitail.yaml --quick
+	$(VENV)/bin/selfguide run examples/disfluent.yaml --quick
 
 test: install
 	@# llama.cpp's GGUF converter for the export test (cached after the first time; the test skips without it)

@@ -192,6 +192,11 @@ def model_flops() -> tuple[float, float]:
     return 2.0 * per_layer * c.num_hidden_layers, 2.0 * d * c.vocab_size
 
 
+def times(ratio: object) -> str:
+    """A speed ratio as "1.71x", or "-" when the engine it compares with was not run."""
+    return "-" if ratio is None else f"{ratio}x"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--engines", default=",".join(ENGINES))
@@ -344,7 +349,7 @@ def render(meta: dict, results: dict, analysis: dict, new_tokens: int) -> str:
               "|---|" + "---:|" * len(results) + "---:|---|---:|---:|"]
     for stage, row in analysis.items():
         lines.append(f"| {stage} | " + " | ".join(str(row["seconds"].get(e, "-")) for e in results) +
-                     f" | {row['vs_baseline']}x | {row['best_other']} | {row['vs_best_other']}x | {row.get('roof_fraction', '-')} |")
+                     f" | {times(row['vs_baseline'])} | {row['best_other']} | {times(row['vs_best_other'])} | {row.get('roof_fraction', '-')} |")
     if "native" in results and "hf-plain" in results:
         a, b = results["native"]["greedy_eval_texts"], results["hf-plain"]["greedy_eval_texts"]
         same = sum(x == y for x, y in zip(a, b))

@@ -75,6 +75,7 @@ def test_run_and_evaluate_commands_on_tiny_model(tmp_path, tiny_model):
     result = CliRunner().invoke(cli, ["run", *common])
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and "points (95% CI" in result.output
+    assert result.output.rstrip().splitlines()[-1].startswith("next: ")
     result = CliRunner().invoke(cli, ["evaluate", *common, "--finetuned"])
     assert result.exit_code == 0 and "selfguide" in result.output
     result = CliRunner().invoke(cli, ["evaluate", *common, "--shots", "zeroshot"])
@@ -112,6 +113,20 @@ def test_run_without_labelled_items_trains_exports_and_says_why_no_verdict(tmp_p
     assert "no verdict" in (task_dir / "train" / "model" / "README.md").read_text()
     assert "Nothing was evaluated" in (task_dir / "report.md").read_text() and (task_dir / "report.html").exists()
     assert not (task_dir / "evaluate").exists()
+    assert f"next: add 'eval:' items (input + output) to {task}" in out
+
+
+def test_the_next_step_line_follows_the_verdict():
+    from selfguide.cli import next_step
+
+    gain = {"delta": {"value": 6.0, "ci_low": 2.0, "ci_high": 9.0}, "diagnosis": None}
+    flat = {"delta": {"value": 0.5, "ci_low": -2.0, "ci_high": 3.0}, "diagnosis": {"no_signal": False}}
+    blind = {"delta": {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0}, "diagnosis": {"no_signal": True}}
+    assert next_step(gain, "t.yaml", quick=True).startswith("next: `selfguide export t.yaml --gguf`")
+    assert "without --quick" in next_step(gain, "t.yaml", quick=True) and "without --quick" not in next_step(gain, "t.yaml", quick=False)
+    assert "--model PATH" in next_step(flat, "t.yaml", quick=False) and "export" not in next_step(flat, "t.yaml", quick=False)
+    assert next_step(blind, "t.yaml", quick=True).startswith("next: a larger local model")
+    assert next_step({"delta": None}, "t.yaml", quick=True).startswith("next: add 'eval:' items")
 
 
 @pytest.mark.parametrize("generation", [False, True])

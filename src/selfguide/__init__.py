@@ -1,7 +1,7 @@
 """selfguide: Self-Guide (Zhao et al., COLM 2024) as a library and CLI.
 
     import selfguide
-    result = selfguide.run("examples/scitail.yaml", quick=True)
+    result = selfguide.run("examples/disfluent.yaml", quick=True)
     print(result.verdict["sentence"], result.report)
 """
 

@@ -358,7 +358,7 @@ def _scores_table(v: dict[str, Any]) -> None:
 
 @cli.command("run")
 @run_options
-@click.option("--quick", is_flag=True, help="Fewer inputs, samples, epochs and eval items: about 5 minutes on 2 CPU cores (AVX2, fp32).")
+@click.option("--quick", is_flag=True, help="Fewer inputs, samples, epochs and eval items, few-shot baseline only: about 5 minutes on 2 CPU cores (AVX2, fp32).")
 def run_cmd(quick: bool, **opts: Any) -> None:
     """Everything: generate -> annotate -> prompting baselines -> train -> evaluate -> verdict + report.
 
@@ -381,6 +381,25 @@ def run_cmd(quick: bool, **opts: Any) -> None:
     click.echo(f"finetuned model: {result.manifests['train']['model_dir']}")
     click.echo(f"report: {result.report}")
     click.echo(f"verdict: {ctx.task_dir / 'verdict.json'}")
+    click.echo(next_step(v, opts["task_file"], quick))
+
+
+def next_step(v: dict[str, Any], task_file: str, quick: bool) -> str:
+    """One line on what to try after a run, chosen by how the verdict came out."""
+    d = v.get("delta")
+    if d is None:
+        return (f"next: add 'eval:' items (input + output) to {task_file} and run `selfguide evaluate {task_file} --finetuned` "
+                f"for a verdict; `selfguide export {task_file} --gguf` runs the model in llama.cpp / Ollama")
+    if (v.get("diagnosis") or {}).get("no_signal"):
+        return (f"next: a larger local model, `selfguide run {task_file} --model PATH` (an HF folder or a .gguf file); "
+                f"`selfguide bench {task_file}` compares every method on this one")
+    if d["ci_low"] > 0:
+        more = f"; `selfguide run {task_file}` without --quick makes more data" if quick else ""
+        return (f"next: `selfguide export {task_file} --gguf` runs this model in llama.cpp / Ollama / LM Studio{more}; "
+                f"`selfguide bench {task_file}` also compares finetuning on the examples alone")
+    more = f"`selfguide run {task_file}` without --quick makes more data, " if quick else ""
+    return (f"next: {more}`--model PATH` tries a larger local model, and `selfguide bench {task_file}` shows which "
+            f"method helps")
 
 
 @cli.command()

@@ -184,12 +184,13 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
 BASELINES = ("fewshot", "zeroshot")
 
 # Settings that shrink the work so `selfguide run --quick` finishes in about 5 minutes on 2 cores
-# of an AVX2-only CPU in fp32 (5:11 measured with the diagnosis pass, docs/first-run.md), about 4 with AMX bf16.
+# of an AVX2-only CPU in fp32 (docs/first-run.md: the demo task about 4.5 min, scitail about 5).
 QUICK_PRESET: dict[str, Any] = {
     "generate.target_inputs": 120,
     "annotate.n": 5,
     "train.epochs": 2,
     "evaluate.max_items": 60,
+    "evaluate.baselines": ("fewshot",),  # the verdict's baseline; zero-shot prompting only without --quick
 }
 
 

@@ -30,8 +30,10 @@ def materialize(ref: ModelRef) -> Path:
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     log.info("converting %s to safetensors once (cache: %s)", ref.path.name, target)
+    hf_logging.disable_progress_bar()  # its "Converting and de-quantizing GGUF tensors" bar: the line above says it
     tok = AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
     model = AutoModelForCausalLM.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained while it carries its quantization config,
