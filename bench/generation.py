@@ -1,7 +1,8 @@
 """Generation engines on the embedded model: transformers generate, selfguide's hf backend, the
-native engine, llama.cpp; real stage prompts; tokens/s, prefill, stage calls, peak RSS, matmul roof.
+openvino backend (the CPU default), llama.cpp; real stage prompts; tokens/s, prefill, stage calls,
+peak RSS, matmul roof.
 
-Run:  .venv/bin/python bench/generation.py [--engines hf-plain,hf,native,llama.cpp] [--batches 1,8,32]
+Run:  .venv/bin/python bench/generation.py [--engines hf-plain,hf,openvino,llama.cpp] [--batches 1,8,32]
 Writes docs/benchmarks/generation.{md,json,png}. Each engine runs in its own process (its own peak
 RSS, no shared warm state). Prompts: task1529 (NIv2, from ../shared/niv2 when present, else the
 copy in tests/data): input-generation prompts as the generate stage renders them, and task prompts
@@ -25,11 +26,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("hf-plain", "hf", "native", "openvino", "llama.cpp")
+ENGINES = ("hf-plain", "hf", "openvino", "llama.cpp")
+REFERENCE = ("openvino", "hf")  # the engine the ratios are about: the CPU default, else the fallback
 LABELS = {
     "hf-plain": "transformers `generate` (baseline)",
     "hf": "selfguide `hf` backend (generate + shared-prefix KV)",
-    "native": "selfguide `native` engine",
+    "native": "selfguide's former `native` engine (removed in numerics version 3)",
     "openvino": "selfguide `openvino` backend (OpenVINO GenAI, fp16 weights)",
     "llama.cpp": "llama.cpp (llama-cpp-python, Q4_1 GGUF)",
 }
@@ -56,12 +58,8 @@ def build(engine: str, batch: int):
         return eng
     if engine == "openvino":  # batch = max_num_seqs, fixed when the pipeline is built
         return get_backend("openvino", model="embedded", batch_size=batch)
-    name = "native" if engine == "native" else "hf"
-    # prefix_cache_mb=0: the calls below repeat the same prompts, which the native engine's
-    # cross-call KV store would serve from memory; its effect on a real stage is in end-to-end.md
-    options = {"prefix_cache_mb": 0} if name == "native" else {}  # each backend takes only its own options
     # dtype auto: what a run picks on this CPU (bf16 only with AVX512-BF16/AMX; emulated bf16 is several times slower)
-    return get_backend(name, model="embedded", dtype="auto", batch_size=batch, prefix_cache=engine != "hf-plain", **options)
+    return get_backend("hf", model="embedded", dtype="auto", batch_size=batch, prefix_cache=engine != "hf-plain")
 
 
 def timed(fn) -> tuple[float, object]:
@@ -110,7 +108,7 @@ def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
 
     def fresh(bs: int):
         """OpenVINO keeps prompt KV across calls, and these calls repeat prompts: a new pipeline per
-        measurement (not timed), as native runs without its cross-call store here."""
+        measurement (not timed), so no call is served from an earlier one's memory."""
         nonlocal eng
         if engine == "openvino":
             eng.close()
@@ -226,11 +224,12 @@ def main() -> None:
         layer_flops, head_flops = model_flops()
         tok, gen_prompts, task_prompts = stage_prompts()
         distinct = {"generate": distinct_tokens(tok, gen_prompts), "annotate": distinct_tokens(tok, task_prompts[:16])}
-        analysis = summarise(results, meta["matmul_roof_gflops"]["bfloat16" if cpu_has_native_bf16() else "float32"], layer_flops,
+        bf16_there = "native bf16 (AVX512-BF16/AMX): yes" in meta["machine"]  # the measuring machine's, not this one's
+        analysis = summarise(results, meta["matmul_roof_gflops"]["bfloat16" if bf16_there else "float32"], layer_flops,
                              head_flops, args.new_tokens, distinct)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
         plot(results, out.with_suffix(".png"))
-        out.with_suffix(".md").write_text(render(meta, results, analysis, args.new_tokens))
+        out.with_suffix(".md").write_text(render(meta, results, analysis, out.with_suffix(".png").name))
         return
     roof = matmul_roof()
     print("matmul roof GFLOP/s", roof, flush=True)
@@ -268,12 +267,13 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
     plot(results, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(render(meta, results, analysis, args.new_tokens))
+    out.with_suffix(".md").write_text(render(meta, results, analysis, out.with_suffix(".png").name))
     print(f"wrote {out}.md/.json/.png")
 
 
 def summarise(results: dict, roof: float, layer_flops: float, head_flops: float, new_tokens: int, distinct: dict) -> dict:
-    """Per stage: native vs the transformers baseline, vs the best other engine, vs the matmul roof."""
+    """Per stage: the reference engine vs the transformers baseline, vs the best other engine, vs the
+    matmul roof."""
     out = {}
     stages = {
         "generate (32 prompts, 64 tokens, T=1.0)": lambda r: r["throughput"][-1]["seconds"] if r["throughput"][-1]["batch"] == 32 else None,
@@ -286,20 +286,25 @@ def summarise(results: dict, roof: float, layer_flops: float, head_flops: float,
         "generate (32 prompts, 64 tokens, T=1.0)": lambda r: distinct["generate"] * layer_flops + 32 * new_tokens * (layer_flops + head_flops),
         "annotate (16 inputs x n=10, 8 tokens, T=0.2)": lambda r: distinct["annotate"] * layer_flops + 160 * 8 * (layer_flops + head_flops),
     }
-    if "native" not in results:
+    ref = reference(results)
+    if ref is None:
         return out
     for stage, secs in stages.items():
         t = {e: secs(r) for e, r in results.items() if secs(r)}
-        if "native" not in t:
+        if ref not in t:
             continue
-        others = {e: v for e, v in t.items() if e != "native"}
+        others = {e: v for e, v in t.items() if e != ref}
         best_other = min(others, key=others.get) if others else None
-        row = {"seconds": t, "vs_baseline": round(t["hf-plain"] / t["native"], 2) if "hf-plain" in t else None,
-               "best_other": best_other, "vs_best_other": round(others[best_other] / t["native"], 2) if best_other else None}
+        row = {"reference": ref, "seconds": t, "vs_baseline": round(t["hf-plain"] / t[ref], 2) if "hf-plain" in t else None,
+               "best_other": best_other, "vs_best_other": round(others[best_other] / t[ref], 2) if best_other else None}
         if stage in work:
-            row["roof_fraction"] = round(work[stage](results["native"]) / t["native"] / 1e9 / roof, 3)
+            row["roof_fraction"] = round(work[stage](results[ref]) / t[ref] / 1e9 / roof, 3)
         out[stage] = row
     return out
+
+
+def reference(results: dict):
+    return next((e for e in REFERENCE if e in results), None)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -322,7 +327,8 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def render(meta: dict, results: dict, analysis: dict, new_tokens: int) -> str:
+def render(meta: dict, results: dict, analysis: dict, plot_name: str) -> str:
+    ref = reference(results)
     lines = ["# Generation engines on the embedded SmolLM2-135M-Instruct (CPU)", "",
              f"Command: `{meta['command']}`", "",
              f"- machine: {meta['machine']}", f"- versions: {meta['versions']}",
@@ -330,9 +336,9 @@ def render(meta: dict, results: dict, analysis: dict, new_tokens: int) -> str:
              f"fp32 {meta['matmul_roof_gflops']['float32']} GFLOP/s",
              f"- prompts: {meta['task']}; input-generation prompts as the generate stage renders them "
              f"(mean {next(iter(results.values()))['prompt_tokens_mean'] if results else '?'} tokens), task prompts as annotate/evaluate render them",
-             "- transformers and native run the dtype a run picks here (see machine); llama.cpp runs the embedded model's own Q4_1 GGUF (its fastest format here)",
-             "- native runs without its cross-call KV store here (`model.prefix_cache_mb=0`): these calls repeat the same prompts, "
-             "which it would serve from memory; the store's effect on a real stage is in end-to-end.md",
+             "- transformers runs the dtype a run picks here (see machine); openvino its exported fp16 weights, computing in "
+             "OpenVINO's default precision here; llama.cpp the embedded model's own Q4_1 GGUF (its fastest format here)",
+             "- no engine serves a call from an earlier call's memory here (these calls repeat the same prompts)",
              "", "## Throughput (exactly 64 new tokens per sequence, T=1.0, top-k 40)", "",
              "| engine | " + " | ".join(f"batch {r['batch']} gen tok/s" for r in next(iter(results.values()))["throughput"]) +
              " | prefill tok/s (batch 32) | annotate 16x10 tok/s | peak RSS GB |",
@@ -340,22 +346,22 @@ def render(meta: dict, results: dict, analysis: dict, new_tokens: int) -> str:
     for engine, r in results.items():
         lines.append(f"| {LABELS[engine]} | " + " | ".join(str(x["gen_tok_s"]) for x in r["throughput"]) +
                      f" | {r['prefill']['prompt_tok_s']} | {r['annotate_forced']['gen_tok_s']} | {r['peak_rss_gb']} |")
-    lines += ["", "![throughput vs batch size](generation.png)", "",
-              "## Per stage: the native engine against the baseline, the best other engine and the roof", "",
-              "Seconds per call (batch 32). *vs baseline* = transformers `generate` seconds / native seconds; *vs best other* = "
-              "the fastest other engine's seconds / native seconds; *roof* = the FLOPs any engine must do (each distinct prompt "
-              "token once, each generated token with the output head) per second, as a fraction of the bf16 matmul roof.", "",
+    lines += ["", f"![throughput vs batch size]({plot_name})", "",
+              f"## Per stage: the {ref} engine against the baseline, the best other engine and the roof", "",
+              f"Seconds per call (batch 32). *vs baseline* = transformers `generate` seconds / {ref} seconds; *vs best other* = "
+              f"the fastest other engine's seconds / {ref} seconds (above 1: {ref} is faster); *roof* = the FLOPs any engine must do "
+              "(each distinct prompt token once, each generated token with the output head) per second, as a fraction of the "
+              "matmul roof of the dtype auto picks here.", "",
               "| stage | " + " | ".join(f"{e} s" for e in results) + " | vs baseline | best other | vs best other | roof |",
               "|---|" + "---:|" * len(results) + "---:|---|---:|---:|"]
     for stage, row in analysis.items():
         lines.append(f"| {stage} | " + " | ".join(str(row["seconds"].get(e, "-")) for e in results) +
                      f" | {times(row['vs_baseline'])} | {row['best_other']} | {times(row['vs_best_other'])} | {row.get('roof_fraction', '-')} |")
-    if "native" in results and "hf-plain" in results:
-        a, b = results["native"]["greedy_eval_texts"], results["hf-plain"]["greedy_eval_texts"]
-        same = sum(x == y for x, y in zip(a, b))
-        lines += ["", f"Greedy evaluation texts (32 items): native and transformers agree on {same}/{len(a)} "
-                      "(bf16 rounding differs between the two attention implementations; in float32 the native engine's logits "
-                      "match transformers within 1e-4 and its greedy text is identical, tests/test_backend_native.py)."]
+    if "hf-plain" in results:
+        agree = [f"{e} {sum(x == y for x, y in zip(r['greedy_eval_texts'], results['hf-plain']['greedy_eval_texts']))}/"
+                 f"{len(r['greedy_eval_texts'])}" for e, r in results.items() if e != "hf-plain" and r.get("greedy_eval_texts")]
+        if agree:
+            lines += ["", "Greedy evaluation texts (32 items) equal to transformers' own: " + ", ".join(agree) + "."]
     lines.append("")
     return "\n".join(lines)
 

@@ -124,7 +124,7 @@ def run_task(tid, n_items, run_dir):
             pool_agree[name] = round(100 * sum(hits) / len(hits), 1)
     ctx.close_backend()
     return {
-        "task": task.id, "labels": list(task.labels), "items": len(items), "gold_mix": dict(Counter(gold)),
+        "task": task.id, "engine": ctx.engine(), "labels": list(task.labels), "items": len(items), "gold_mix": dict(Counter(gold)),
         "pool": len(pool), "priors": {k: [round(x, 3) for x in v] if v else None for k, v in priors.items()},
         "pool_target_agreement": pool_agree, "methods": result,
         "seconds": {"generate": round(t_gen, 1), "vote": round(t_vote, 1), "score_6_orders": round(t_score, 1)},
@@ -197,7 +197,8 @@ def main():
         data["tasks"][key] = run_task(tid, args.items, args.run_dir)
         print(json.dumps({m: data["tasks"][key]["methods"][m]["em"] for m in METHODS}), flush=True)
         out_json.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    header = (f"Model: embedded SmolLM2-135M-Instruct, engine native, split `validation` ({args.items} evenly spaced items or all),"
+    engines = ", ".join(sorted({t.get("engine", "native") for t in data["tasks"].values()}))  # rows before v3: native
+    header = (f"Model: embedded SmolLM2-135M-Instruct, engine {engines}, split `validation` ({args.items} evenly spaced items or all),"
               f" numerics version {NUMERICS_VERSION}, synthetic pool: quick generate stage (120 raw inputs, seed 42), vote seed 42."
               f" CPU vector flags: {' '.join(flags) or 'none'}.")
     write_md(args.out, data, header)

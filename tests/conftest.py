@@ -32,6 +32,17 @@ def _user_llama_cpp():
 
 
 USER_LLAMA_CPP = _user_llama_cpp()
+
+
+def _user_openvino_exporter():
+    """optimum-cli of `selfguide engines setup-openvino`, found before the tests point the cache
+    elsewhere (a tool environment, not model data); None if it was not built."""
+    from selfguide.backends.openvino import find_exporter
+
+    return find_exporter()
+
+
+USER_OPENVINO_EXPORTER = _user_openvino_exporter()
 _spec = importlib.util.spec_from_file_location("selfguide_netguard", NETGUARD_DIR / "sitecustomize.py")
 netguard = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(netguard)
@@ -50,6 +61,8 @@ def _hermetic(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setenv("SELFGUIDE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "model-cache"))
     monkeypatch.setenv("SELFGUIDE_NO_NETWORK", "1")
+    if USER_OPENVINO_EXPORTER is not None:
+        monkeypatch.setenv("SELFGUIDE_OPENVINO_EXPORTER", str(USER_OPENVINO_EXPORTER))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(NETGUARD_DIR), os.environ.get("PYTHONPATH")])))
     monkeypatch.setattr(socket.socket, "connect", netguard.guard(socket.socket.connect))
 

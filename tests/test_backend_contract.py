@@ -27,13 +27,12 @@ def _available(name: str) -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module", params=["hf", "native", "vllm", "openvino"])
+@pytest.fixture(scope="module", params=["hf", "vllm", "openvino"])
 def backend(request, lively_model):
     if not _available(request.param):
-        pytest.skip(f"{request.param}: not available here (vllm: vllm and a CUDA GPU; openvino: selfguide[openvino] "
+        pytest.skip(f"{request.param}: not available here (vllm: vllm and a CUDA GPU; openvino: openvino-genai "
                     "and `selfguide engines setup-openvino`)")
-    options = {} if request.param == "openvino" else {"dtype": "float32"}  # openvino runs its exported fp16 weights
-    b = get_backend(request.param, model=str(lively_model), batch_size=4, **options)
+    b = get_backend(request.param, model=str(lively_model), batch_size=4, dtype="float32")  # openvino: fp16 weights, f32 compute
     yield b
     b.close()
 
@@ -78,7 +77,7 @@ def test_finish_reasons(backend):
 
 def test_identity_names_the_engine(backend):
     ident = backend.identity()
-    assert ident["sha256"] and ident["engine"] in ("transformers", "selfguide-native", "vllm", "openvino-genai")
+    assert ident["sha256"] and ident["engine"] in ("transformers", "vllm", "openvino-genai")
 
 
 def test_scores_have_one_per_continuation(backend):
@@ -90,9 +89,9 @@ def test_scores_have_one_per_continuation(backend):
 
 def test_per_request_seeds_make_texts_batch_independent(backend):
     """Engines that seed each request (vllm, openvino) give a prompt the same samples alone as in a
-    call with others; hf and native draw from one generator per call (the same call repeats)."""
-    if backend.name in ("hf", "native"):
-        pytest.skip("hf and native seed per call, not per request")
+    call with others; hf draws from one generator per call (the same call repeats)."""
+    if backend.name == "hf":
+        pytest.skip("hf seeds per call, not per request")
     rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
     together = backend.generate(rendered, n=2, temperature=1.0, top_k=50, max_new_tokens=8, seed=3)
     # a request's seed is derived from the call seed and its index: ask for prompt 1 at index 1 again

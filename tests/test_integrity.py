@@ -53,8 +53,8 @@ def test_every_stage_records_the_numerics_version_and_engine_options(tmp_path):
     for stage in ("generate", "annotate"):
         assert m[stage]["config"]["numerics"] == identity.NUMERICS_VERSION
         assert m[stage]["inputs"]["model"]["engine"] == "fake"
-    ident = identity.model_identity(ModelConfig(batch_size=8, prefix_cache_mb=0), "native", "m", "abc")
-    assert ident["batch_size"] == 8 and ident["prefix_cache_mb"] == 0 and ident["engine"] == "native"
+    ident = identity.model_identity(ModelConfig(batch_size=8, dtype="float32"), "openvino", "m", "abc")
+    assert ident["batch_size"] == 8 and ident["dtype"] == "float32" and ident["engine"] == "openvino"
 
 
 def test_stages_made_by_other_numerics_are_not_reused(tmp_path, monkeypatch):
@@ -70,9 +70,9 @@ def test_engine_options_that_an_engine_ignores_are_errors():
         identity.check_engine_options(ModelConfig(threads=2), "vllm")
     with pytest.raises(ConfigError, match=r"hf backend does not use model\.tensor_parallel_size"):
         identity.check_engine_options(ModelConfig(tensor_parallel_size=2), "hf")
-    with pytest.raises(ConfigError, match=r"prefix_cache_mb \(used by native\)"):
-        identity.check_engine_options(ModelConfig(prefix_cache_mb=0), "hf")
-    identity.check_engine_options(ModelConfig(threads=2, prefix_cache_mb=0), "native")
+    with pytest.raises(ConfigError, match=r"openvino backend does not use model\.gpu_memory_utilization \(used by vllm\)"):
+        identity.check_engine_options(ModelConfig(gpu_memory_utilization=0.5), "openvino")
+    identity.check_engine_options(ModelConfig(threads=2, dtype="float32"), "openvino")
 
 
 def test_engine_option_error_through_the_cli(tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from reliability import harness
 
 
@@ -19,10 +21,16 @@ def test_kill_anywhere(tmp_path):
     assert summary["verdict_identical"]
 
 
-def test_kill_anywhere_native_synthesis(tmp_path):
-    """The native engine's synthesis (fp32, no cross-call KV store) resumes to the same bytes."""
-    kills = int(os.environ.get("SELFGUIDE_NATIVE_KILLS", "4"))
-    summary = harness.main(["--kills", str(kills), "--workdir", str(tmp_path), "--seed", "2", "--synthesis", "native"])
+@pytest.mark.parametrize("engine", ["openvino", "hf"])
+def test_kill_anywhere_real_synthesis(tmp_path, engine):
+    """Synthesis on a real engine (fp32) resumes to the same bytes: openvino, the CPU default,
+    and hf, the fallback."""
+    from selfguide.backends import openvino_ready
+
+    if engine == "openvino" and not openvino_ready():
+        pytest.skip("openvino: openvino-genai and `selfguide engines setup-openvino` needed")
+    kills = int(os.environ.get("SELFGUIDE_SYNTHESIS_KILLS", "4"))
+    summary = harness.main(["--kills", str(kills), "--workdir", str(tmp_path), "--seed", "2", "--synthesis", engine])
     assert summary["kills_total"] == kills
     assert not summary["problems"], summary["problems"]
     assert not summary["files_mismatched"], summary["files_mismatched"]

@@ -123,8 +123,7 @@ def test_generate_stage_sends_the_writer_system_turn(run_dir, tiny_model):
 # ------------------------------------------------------------------ real model: teacher-forced scores
 
 
-@pytest.mark.parametrize("engine", ["hf", "native"])
-def test_scores_equal_a_plain_full_forward(lively_model, engine):
+def test_scores_equal_a_plain_full_forward(lively_model):
     """log p(label + end of turn | prompt) from the engine's prefix-shared batched scoring equals the
     sum of token log-probabilities from one unbatched forward over the whole text."""
     import torch
@@ -133,7 +132,7 @@ def test_scores_equal_a_plain_full_forward(lively_model, engine):
     from selfguide.backends import get_backend
 
     task = load_task(EXAMPLE)
-    backend = get_backend(engine, model=str(lively_model), dtype="float32", batch_size=3)
+    backend = get_backend("hf", model=str(lively_model), dtype="float32", batch_size=3)
     rendered = [backend.render(prompts.task_messages(task, it.input)) for it in task.split_items("test_small")[:4]]
     labels = ["entails", "neutral", "neutral entails"]  # a multi-token continuation too
     got = backend.score(rendered, labels)

@@ -64,7 +64,7 @@ def run_options(f: Any = None, *, task_required: bool = True) -> Any:
     f = click.option("--force", is_flag=True, help="Redo stages whose saved results were made with other settings.")(f)
     f = click.option("--name", default=None, help="Run name: results go to RUN_DIR/NAME/TASK_ID/ (default: default).")(f)
     f = click.option("--run-dir", default=None, help="Folder that holds runs (default: runs).")(f)
-    f = click.option("--backend", default=None, help="Generation backend: auto | native | hf | vllm | openvino | fake.")(f)
+    f = click.option("--backend", default=None, help="Generation backend: auto | openvino | hf | vllm | fake.")(f)
     f = click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")(f)
     f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. generate.temperature=0.7.")(f)
     f = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config file.")(f)
@@ -137,13 +137,16 @@ def doctor() -> None:
         click.echo(f"CPU native bf16 (AMX/AVX512-BF16): {'yes' if cpu_has_native_bf16() else 'no'}")
         cuda = torch.cuda.is_available()
         click.echo(f"CUDA GPU: {torch.cuda.get_device_name(0) if cuda else 'none'}")
+        from selfguide.backends import resolve_backend
         from selfguide.backends.openvino import find_exporter
 
-        click.echo("backends: native (available), hf (available), fake (available), vllm ("
-                   + ("installed" if importlib.util.find_spec("vllm") else "not installed: pip install 'selfguide[vllm]', GPU only") + "), "
-                   + "openvino (" + ("not installed: pip install 'selfguide[openvino]'" if importlib.util.find_spec("openvino_genai") is None
-                                    else "installed, exporter " + ("ready" if find_exporter() else "missing: selfguide engines setup-openvino"))
-                   + ")")
+        if importlib.util.find_spec("openvino_genai") is None:
+            openvino = "not installed: pip install openvino-genai"
+        else:
+            openvino = "ready" if find_exporter() else "installed, its exporter is not: selfguide engines setup-openvino"
+        vllm = "installed" if importlib.util.find_spec("vllm") else "not installed: pip install 'selfguide[vllm]', GPU only"
+        click.echo(f"backends: openvino ({openvino}), hf (available), vllm ({vllm}), fake (available)")
+        click.echo(f"engine `auto` picks here: {resolve_backend('auto', 'embedded')}")
     else:
         click.echo("backends: fake only; install torch for hf: pip install torch==2.13.0")
 
@@ -156,10 +159,13 @@ def engines() -> None:
 @engines.command("setup-openvino")
 def engines_setup_openvino() -> None:
     """Build the environment that exports models to OpenVINO (optimum-intel pins its own transformers)."""
-    from selfguide.backends.openvino import EXPORT_PINS, exporter_venv, setup_exporter
+    from selfguide.backends.openvino import EXPORT_PINS, exporter_venv, find_exporter, setup_exporter
 
-    click.echo(f"building {exporter_venv()} with {', '.join(EXPORT_PINS)} (about 1.4 GB) ...")
-    click.echo(f"exporter ready: {setup_exporter()}")
+    ready = find_exporter()
+    if ready is None:
+        click.echo(f"building {exporter_venv()} with {', '.join(EXPORT_PINS)} (about 1.4 GB, a few minutes) ...")
+        ready = setup_exporter()
+    click.echo(f"OpenVINO exporter ready: {ready}")
 
 
 @cli.group(cls=Group)

@@ -22,13 +22,12 @@ from selfguide.errors import ConfigError
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "embedded"  # "embedded", a local HF directory, or a local .gguf file
-    backend: str = "auto"  # auto (native on CPU for Llama-family models, else hf) | native | hf | vllm | openvino | fake
+    backend: str = "auto"  # auto (openvino on CPU when set up, else hf) | hf | vllm | openvino | fake
     dtype: str = "auto"  # auto | float32 | bfloat16 (auto: bf16 on CPUs with native bf16, else fp32)
-    batch_size: int = 32  # sequences decoded together (native: KV slots; vllm: max_num_seqs)
+    batch_size: int = 32  # sequences decoded together (openvino, vllm: max_num_seqs)
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = all cores
     prefix_cache: bool = True  # encode the prefix all prompts of a call share once (6x faster annotation, same text)
-    prefix_cache_mb: int = 1024  # native: prompt KV kept across calls for later prompts that start alike; 0 = off
     tensor_parallel_size: int = 1  # vllm: GPUs one model replica is split across
     gpu_memory_utilization: float = 0.85  # vllm: share of GPU memory for weights + KV cache
 
@@ -116,7 +115,7 @@ class RunConfig:
 
 
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "model.backend": ("auto", "native", "hf", "vllm", "openvino", "fake"),
+    "model.backend": ("auto", "hf", "vllm", "openvino", "fake"),
     "model.dtype": ("auto", "float32", "bfloat16"),
     "model.device": ("auto", "cpu", "cuda"),
     "annotate.label_source": ("annotate", "conditioned", "agree"),
@@ -142,7 +141,6 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "seed": (0, 2**32 - 1, True),
     "model.batch_size": (1, 4096, True),
     "model.threads": (0, 1024, True),
-    "model.prefix_cache_mb": (0, 1_048_576, True),
     "model.tensor_parallel_size": (1, 1024, True),
     "model.gpu_memory_utilization": (0, 1, False),
     "generate.target_inputs": (1, 1_000_000, True),

@@ -2,7 +2,7 @@
 
 A finished stage is reused only when its identity matches exactly: the numerics version of the
 code, the run seed, the stage's own settings, the task, the model file's hash, the engine that
-ran it and every engine option (batch size, prefix caching, KV store size, dtype...), and the
+ran it and every engine option (batch size, prefix caching, dtype...), and the
 hashes of what it reads. Nothing else builds identities; stages pass their settings here.
 
 `NUMERICS_VERSION` is bumped whenever a change to generation, annotation, training or scoring
@@ -17,6 +17,8 @@ History:
   2  training encodes the prompt prefix all pairs share once per batch (train.shared_prefix):
      same loss and gradients to float rounding, but one LoRA-dropout mask for the prefix instead
      of one per row, so the trained weights differ in their last bits
+  3  the CPU default engine is openvino (OpenVINO GenAI, fp16 weights) instead of selfguide's own
+     decoder, which is gone: synthesis draws differ; evaluation runs on hf
 """
 
 from __future__ import annotations
@@ -29,15 +31,14 @@ from typing import Any, Optional
 from selfguide.config import ModelConfig
 from selfguide.errors import ConfigError
 
-NUMERICS_VERSION = 2
+NUMERICS_VERSION = 3
 
 # The model settings each engine takes; any other model setting changed from its default is a
 # config error for that engine, never a silent no-op. All of them are part of the identity.
 ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
     "hf": ("dtype", "batch_size", "device", "threads", "prefix_cache"),
-    "native": ("dtype", "batch_size", "device", "threads", "prefix_cache", "prefix_cache_mb"),
     "vllm": ("dtype", "batch_size", "prefix_cache", "tensor_parallel_size", "gpu_memory_utilization"),
-    "openvino": ("batch_size", "threads", "prefix_cache"),
+    "openvino": ("dtype", "batch_size", "threads", "prefix_cache"),
     "fake": (),
 }
 GENERAL_MODEL_KEYS = ("name", "backend", "device")  # device also places training and picks the engine

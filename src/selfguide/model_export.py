@@ -141,13 +141,11 @@ def check_prompts(ctx: Any, tok: Any, k: Optional[int] = None) -> dict[str, list
 
 
 def _answers(folder: Path, prompt_texts: list[str], max_new_tokens: int) -> list[Any]:
-    """Greedy completions through one of selfguide's engines (float32; the shared instruction +
-    examples encoded once): both models of a comparison go through exactly the same computation."""
-    from selfguide.backends import get_backend, resolve_backend
+    """Greedy completions of the transformers model itself (hf backend, float32; the shared
+    instruction + examples encoded once): the reference the GGUF file is checked against."""
+    from selfguide.backends import get_backend
 
-    engine = resolve_backend("auto", str(folder), "cpu")  # native for Llama-family models (2-5x faster), else hf
-    options = {"prefix_cache_mb": 0} if engine == "native" else {}  # no KV carried from one model's calls to the other's
-    backend = get_backend(engine, model=str(folder), dtype="float32", batch_size=16, prefix_cache=True, device="cpu", **options)
+    backend = get_backend("hf", model=str(folder), dtype="float32", batch_size=16, prefix_cache=True, device="cpu")
     try:
         return [o[0] for o in backend.generate(prompt_texts, max_new_tokens=max_new_tokens)]
     finally:

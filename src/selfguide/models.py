@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,17 +112,3 @@ def model_hash(ref: ModelRef) -> str:
     digest = h.hexdigest()
     _hash_cache[key] = digest
     return digest
-
-
-def model_architecture(name: str) -> str:
-    """The model family ("llama", "qwen2", ...) from metadata alone: config.json, or the GGUF header."""
-    ref = resolve_model(name)
-    if ref.kind == "hf_dir":
-        return str(json.loads((ref.path / "config.json").read_text(encoding="utf-8")).get("model_type", ""))
-    converted = cache_dir() / "models" / model_hash(ref)[:16] / "config.json"  # the hf backends' one-time conversion
-    if converted.exists():
-        return str(json.loads(converted.read_text(encoding="utf-8")).get("model_type", ""))
-    from gguf import GGUFReader
-
-    field = GGUFReader(str(ref.path)).fields["general.architecture"]
-    return bytes(field.parts[field.data[0]]).decode("utf-8")

@@ -1,10 +1,10 @@
 """Kill-anywhere harness: run a real pipeline in a subprocess, kill it (SIGKILL or SIGINT) at random
 moments, restart it, repeat until it finishes; then compare with an uninterrupted run.
 
-    python -m tests.reliability.harness --kills 20 [--long] [--signal both|kill|int] [--seed 0] [--synthesis fake|native]
+    python -m tests.reliability.harness --kills 20 [--long] [--signal both|kill|int] [--seed 0] [--synthesis fake|hf|openvino]
 
 --synthesis fake (default): whole runs, scripted synthesis, tiny real model for training and
-evaluation. --synthesis native: generate + annotate only, with the native engine on a tiny real
+evaluation. --synthesis hf|openvino: generate + annotate only, with that engine on a tiny real
 model, fp32, cross-call KV store off (child.py says why).
 
 Checks after every kill: every JSONL file reads back (a cut last line is tolerated, a corrupt one
@@ -79,7 +79,7 @@ def build_model(work: Path, mode: str) -> Path:
     from conftest import build_lively_model, build_tiny_model
 
     tiny = build_tiny_model(work / "tiny")
-    return build_lively_model(tiny, work / "lively") if mode == "native" else tiny
+    return build_lively_model(tiny, work / "lively") if mode != "fake" else tiny
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--synthesis", choices=["fake", "native"], default="fake")
+    ap.add_argument("--synthesis", choices=["fake", "hf", "openvino"], default="fake")
     args = ap.parse_args(argv)
-    compared = SYNTHESIS_FILES if args.synthesis == "native" else COMPARED
+    compared = SYNTHESIS_FILES if args.synthesis != "fake" else COMPARED
     kills_wanted = 100 if args.long else args.kills
     rng = random.Random(args.seed)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="selfguide-kill-"))
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         if problems:
             break
         mismatched += [f"episode {episodes}: {f}" for f in compared if (ref_dir / f).read_bytes() != (task_dir / f).read_bytes()]
-        if args.synthesis == "native":
+        if args.synthesis != "fake":
             continue  # synthesis only: no verdict
         verdict_same = verdict_same and json.loads((ref_dir / "verdict.json").read_text())["deltas"] == json.loads((task_dir / "verdict.json").read_text())["deltas"]
 

@@ -12,29 +12,32 @@ from selfguide.errors import BackendUnavailable
 # name -> ("module:Class", install hint). Heavy libraries are imported only when a backend is built.
 BACKENDS: dict[str, tuple[str, str]] = {
     "hf": ("selfguide.backends.hf:HFBackend", "pip install torch==2.13.0 transformers gguf"),
-    "native": ("selfguide.backends.native:NativeBackend", "pip install torch==2.13.0 transformers gguf"),
     "vllm": ("selfguide.backends.vllm:VLLMBackend", "pip install 'selfguide[vllm]'"),
-    "openvino": ("selfguide.backends.openvino:OpenVINOBackend", "pip install 'selfguide[openvino]'"),
+    "openvino": ("selfguide.backends.openvino:OpenVINOBackend", "pip install openvino-genai"),
     "fake": ("selfguide.backends.fake:FakeBackend", ""),
 }
 
 
 def resolve_backend(name: str, model: str, device: str = "auto") -> str:
-    """`auto` -> the fastest engine that runs this model here: native on CPU for Llama-family
-    models (docs/benchmarks/generation.md), else hf. Other names are returned as given."""
+    """`auto` -> openvino on CPU when OpenVINO GenAI and its exporter are installed (faster than
+    every other engine on each stage call, docs/benchmarks/generation.md), else hf; hf on CUDA
+    (vllm is chosen by name). Other names are returned as given."""
     if name != "auto":
         return name
-    if device == "cuda":
+    if device == "cuda" or (device == "auto" and _has_cuda()):
         return "hf"
-    from selfguide.models import model_architecture
+    return "openvino" if openvino_ready() else "hf"
 
-    try:
-        arch = model_architecture(model)
-    except Exception:  # unreadable metadata: the loader will report it properly
-        return "hf"
-    if device == "auto" and _has_cuda():
-        return "hf"
-    return "native" if arch in ("llama", "mistral", "qwen2") else "hf"
+
+def openvino_ready() -> bool:
+    """OpenVINO GenAI importable and its model exporter built (`selfguide engines setup-openvino`)."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino_genai") is None:
+        return False
+    from selfguide.backends.openvino import find_exporter
+
+    return find_exporter() is not None
 
 
 def _has_cuda() -> bool:

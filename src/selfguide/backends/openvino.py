@@ -1,8 +1,9 @@
-"""openvino backend: OpenVINO GenAI's ContinuousBatchingPipeline, a maintained CPU engine
-(`pip install 'selfguide[openvino]'`).
+"""openvino backend: OpenVINO GenAI's ContinuousBatchingPipeline, the default CPU engine (a
+maintained one, faster than selfguide's former hand-written decoder on every stage call on the
+CPUs measured: docs/benchmarks/generation.md).
 
 OpenVINO runs its own model format, so a model is exported once (optimum-intel's
-`optimum-cli export openvino`, fp16 weights, fp32 compute on CPUs without native bf16) into the
+`optimum-cli export openvino`, fp16 weights; compute in bf16 where the CPU has it, else fp32, or as `model.dtype` says) into the
 user cache, keyed by the model's hash like the GGUF conversion. optimum-intel pins an older
 transformers than selfguide's, so the export runs in its own virtual environment
 (`selfguide engines setup-openvino` builds it; $SELFGUIDE_OPENVINO_EXPORTER names an existing
@@ -32,6 +33,17 @@ from selfguide.models import ModelRef, cache_dir, model_hash, resolve_model
 log = logging.getLogger(__name__)
 WEIGHT_FORMAT = "fp16"
 EXPORT_PINS = ("torch==2.13.0", "optimum-intel[openvino]==2.2.0", "transformers<5.6")
+# model.dtype -> OpenVINO's compute precision; auto keeps OpenVINO's choice (bf16 where the CPU has it)
+PRECISIONS = {"auto": None, "float32": "f32", "bfloat16": "bf16"}
+
+
+def compute_precision(dtype: str) -> str:
+    """The precision OpenVINO computes in for `dtype` on this CPU (part of the identity)."""
+    if PRECISIONS.get(dtype):
+        return str(PRECISIONS[dtype])
+    import openvino
+
+    return str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
 
 
 def exporter_venv() -> Path:
@@ -92,12 +104,12 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
     name = "openvino"
     ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence
 
-    def __init__(self, model: str = "embedded", batch_size: int = 32, threads: int = 0, prefix_cache: bool = True,
-                 model_ref: Optional[ModelRef] = None):
+    def __init__(self, model: str = "embedded", dtype: str = "auto", batch_size: int = 32, threads: int = 0,
+                 prefix_cache: bool = True, model_ref: Optional[ModelRef] = None):
         try:
             import openvino_genai as og
         except ImportError:
-            raise BackendUnavailable("backend 'openvino' needs openvino-genai: pip install 'selfguide[openvino]'") from None
+            raise BackendUnavailable("backend 'openvino' needs openvino-genai: pip install openvino-genai") from None
         self.ref = model_ref or resolve_model(model)
         path = export(self.ref)
         hf_dir = hf_model.materialize(self.ref)
@@ -109,13 +121,17 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
         sched.cache_size = 1  # GB of KV blocks
         sched.max_num_seqs = batch_size
         sched.max_num_batched_tokens = 4096
-        props = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        props: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        if dtype not in PRECISIONS:
+            raise BackendError(f"model.dtype={dtype!r} is not one of {', '.join(PRECISIONS)}")
+        if PRECISIONS[dtype]:
+            props["INFERENCE_PRECISION_HINT"] = PRECISIONS[dtype]
         self._og = og
         self.pipe = og.ContinuousBatchingPipeline(str(path), sched, "CPU", props)
-        self.batch_size, self.threads = batch_size, threads
+        self.dtype, self.batch_size, self.threads = dtype, batch_size, threads
         self._scorer: Any = None
-        self._identity = {**self.ref.identity(), "engine": "openvino-genai", "dtype": f"{WEIGHT_FORMAT} weights",
-                          "openvino_genai": og.__version__.split("-")[0]}
+        self._identity = {**self.ref.identity(), "engine": "openvino-genai", "weights": WEIGHT_FORMAT,
+                          "compute": compute_precision(dtype), "openvino_genai": og.__version__.split("-")[0]}
 
     def _config(self, n: int, temperature: float, top_k: int, top_p: float, max_new_tokens: int, stop: Sequence[str],
                 seed: int) -> Any:
@@ -177,7 +193,7 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
             from selfguide.backends.hf import HFBackend
 
             log.info("openvino: label scores run on the transformers model (loaded once)")
-            self._scorer = HFBackend(model_ref=self.ref, dtype="auto", batch_size=self.batch_size, threads=self.threads,
+            self._scorer = HFBackend(model_ref=self.ref, dtype=self.dtype, batch_size=self.batch_size, threads=self.threads,
                                      prefix_cache=self.prefix_cache)
         return self._scorer.score(prompts, continuations)
 

@@ -68,14 +68,12 @@ class Context:
         return self._engine
 
     def eval_engine(self) -> str:
-        """Evaluation runs the real model on the run's engine; hf when synthesis was scripted; with
-        openvino synthesis, the torch engine for this model (a finetuned model would need its own
-        export, and every system of a verdict is evaluated on one engine)."""
+        """Evaluation runs the real model on the run's engine; hf when synthesis was scripted or ran
+        on openvino (a finetuned model would need its own OpenVINO export, slower than the hf
+        evaluation it saves at these sizes, and every system of a verdict runs on one engine)."""
         engine = self.engine()
-        if engine == "fake":
+        if engine in ("fake", "openvino"):
             engine = "hf"
-        elif engine == "openvino":
-            engine = resolve_backend("auto", self.cfg.model.name, "cpu")
         check_engine_options(self.cfg.model, engine)
         return engine
 
