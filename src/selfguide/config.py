@@ -181,10 +181,10 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
 
 BASELINES = ("fewshot", "zeroshot")
 
-# Settings that shrink the work so `selfguide run --quick` finishes in about 5 minutes on 2 cores
-# of an AVX2-only CPU in fp32 (docs/first-run.md: the demo task about 4.5 min, scitail about 5).
+# Settings that shrink the work so `selfguide run --quick` finishes within 5 minutes on 2 cores of
+# an AVX2-only CPU in fp32 (docs/first-run.md: the demo task about 4 min, scitail about 4).
 QUICK_PRESET: dict[str, Any] = {
-    "generate.target_inputs": 120,
+    "generate.target_inputs": 160,  # the demo task: >= 30 training pairs (120 gave 27), docs/first-run.md
     "annotate.n": 5,
     "train.epochs": 2,
     "evaluate.max_items": 60,
