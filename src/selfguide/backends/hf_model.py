@@ -6,6 +6,8 @@ loads in ~0.3 s, so the first use converts once into the user cache, keyed by th
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -30,12 +32,13 @@ def materialize(ref: ModelRef) -> Path:
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     log.info("converting %s to safetensors once (cache: %s)", ref.path.name, target)
-    hf_logging.disable_progress_bar()  # its "Converting and de-quantizing GGUF tensors" bar: the line above says it
     tok = AutoTokenizer.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name, dtype=torch.float32)
+    # transformers draws a plain tqdm bar ("Converting and de-quantizing GGUF tensors") that no
+    # logging switch reaches; the line above already says what happens
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(str(ref.path.parent), gguf_file=ref.path.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained while it carries its quantization config,
     # even though the weights are already dense fp32 (feasibility.md §6).
     if getattr(model, "hf_quantizer", None) is not None:
@@ -43,7 +46,8 @@ def materialize(ref: ModelRef) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with contextlib.redirect_stderr(io.StringIO()):  # its "Writing model shards" bar, likewise
+            model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
