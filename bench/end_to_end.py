@@ -93,7 +93,7 @@ def write(args: argparse.Namespace, rows: dict, meta: dict | None = None) -> Non
     names = list(rows)
     lines = ["# End to end: one `selfguide run` per backend", "",
              f"- task: {meta['task']}; settings: {'the --quick preset' if args.quick else 'the paper settings (defaults)'}"
-             + (f", overrides {args.overrides}" if args.overrides else ""),
+             "; a run's own overrides are in its line below",
              f"- machine: {meta['machine']}; {meta['versions']}",
              "- every stage runs from scratch for each backend (fresh run name); stage seconds from the manifests", "",
              "Columns: seconds per stage; in brackets, that run's time / the first run's time.", "",
