@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("hf-plain", "hf", "openvino", "llama.cpp")
+ENGINES = ("hf-plain", "hf", "openvino", "openvino-int8", "llama.cpp")
 REFERENCE = ("openvino", "hf")  # the engine the ratios are about: the CPU default, else the fallback
 LABELS = {
     "hf-plain": "transformers `generate` (baseline)",
     "hf": "selfguide `hf` backend (generate + shared-prefix KV)",
     "native": "selfguide's former `native` engine (removed in numerics version 3)",
     "openvino": "selfguide `openvino` backend (OpenVINO GenAI, fp16 weights)",
+    "openvino-int8": "selfguide `openvino` backend, int8 weights (`model.weights=int8`)",
     "llama.cpp": "llama.cpp (llama-cpp-python, Q4_1 GGUF)",
 }
 
@@ -56,8 +57,8 @@ def build(engine: str, batch: int):
         tok = hf_model.load_tokenizer(hf_model.materialize(ref))
         eng = LlamaCppEngine(str(ref.path), tok, hf_model.end_token_ids(tok), batch_size=batch)
         return eng
-    if engine == "openvino":  # batch = max_num_seqs, fixed when the pipeline is built
-        return get_backend("openvino", model="embedded", batch_size=batch)
+    if engine.startswith("openvino"):  # batch = max_num_seqs, fixed when the pipeline is built
+        return get_backend("openvino", model="embedded", batch_size=batch, weights=engine.partition("-")[2] or "fp16")
     # dtype auto: what a run picks on this CPU (bf16 only with AVX512-BF16/AMX; emulated bf16 is several times slower)
     return get_backend("hf", model="embedded", dtype="auto", batch_size=batch, prefix_cache=engine != "hf-plain")
 
@@ -110,7 +111,7 @@ def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
         """OpenVINO keeps prompt KV across calls, and these calls repeat prompts: a new pipeline per
         measurement (not timed), so no call is served from an earlier one's memory."""
         nonlocal eng
-        if engine == "openvino":
+        if engine.startswith("openvino"):
             eng.close()
             eng = build(engine, bs)
             eng.ignore_eos = ignore

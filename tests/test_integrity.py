@@ -72,7 +72,9 @@ def test_engine_options_that_an_engine_ignores_are_errors():
         identity.check_engine_options(ModelConfig(tensor_parallel_size=2), "hf")
     with pytest.raises(ConfigError, match=r"openvino backend does not use model\.gpu_memory_utilization \(used by vllm\)"):
         identity.check_engine_options(ModelConfig(gpu_memory_utilization=0.5), "openvino")
-    identity.check_engine_options(ModelConfig(threads=2, dtype="float32"), "openvino")
+    with pytest.raises(ConfigError, match=r"hf backend does not use model\.weights \(used by openvino\)"):
+        identity.check_engine_options(ModelConfig(weights="int8"), "hf")
+    identity.check_engine_options(ModelConfig(threads=2, dtype="float32", weights="int8"), "openvino")
 
 
 def test_engine_option_error_through_the_cli(tmp_path):

@@ -28,6 +28,7 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads; 0 = all cores
     prefix_cache: bool = True  # encode the prefix all prompts of a call share once (6x faster annotation, same text)
+    weights: str = "fp16"  # openvino: the exported weights, fp16 | int8 (8-bit weight-only compression)
     tensor_parallel_size: int = 1  # vllm: GPUs one model replica is split across
     gpu_memory_utilization: float = 0.85  # vllm: share of GPU memory for weights + KV cache
 
@@ -117,6 +118,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.backend": ("auto", "hf", "vllm", "openvino", "fake"),
     "model.dtype": ("auto", "float32", "bfloat16"),
+    "model.weights": ("fp16", "int8"),
     "model.device": ("auto", "cpu", "cuda"),
     "annotate.label_source": ("annotate", "conditioned", "agree"),
     "annotate.balance": ("downsample", "cap", "off"),

@@ -38,7 +38,7 @@ NUMERICS_VERSION = 3
 ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
     "hf": ("dtype", "batch_size", "device", "threads", "prefix_cache"),
     "vllm": ("dtype", "batch_size", "prefix_cache", "tensor_parallel_size", "gpu_memory_utilization"),
-    "openvino": ("dtype", "batch_size", "threads", "prefix_cache"),
+    "openvino": ("dtype", "batch_size", "threads", "prefix_cache", "weights"),
     "fake": (),
 }
 GENERAL_MODEL_KEYS = ("name", "backend", "device")  # device also places training and picks the engine

@@ -3,7 +3,7 @@ maintained one, faster than selfguide's former hand-written decoder on every sta
 CPUs measured: docs/benchmarks/generation.md).
 
 OpenVINO runs its own model format, so a model is exported once (optimum-intel's
-`optimum-cli export openvino`, fp16 weights; compute in bf16 where the CPU has it, else fp32, or as `model.dtype` says) into the
+`optimum-cli export openvino`, fp16 weights or int8 with `model.weights`; compute in bf16 where the CPU has it, else fp32, or as `model.dtype` says) into the
 user cache, keyed by the model's hash like the GGUF conversion. optimum-intel pins an older
 transformers than selfguide's, so the export runs in its own virtual environment
 (`selfguide engines setup-openvino` builds it; $SELFGUIDE_OPENVINO_EXPORTER names an existing
@@ -31,7 +31,7 @@ from selfguide.errors import BackendError, BackendUnavailable
 from selfguide.models import ModelRef, cache_dir, model_hash, resolve_model
 
 log = logging.getLogger(__name__)
-WEIGHT_FORMAT = "fp16"
+WEIGHT_FORMATS = ("fp16", "int8")  # optimum-cli --weight-format; int8 = 8-bit weight-only compression (NNCF)
 EXPORT_PINS = ("torch==2.13.0", "optimum-intel[openvino]==2.2.0", "transformers<5.6")
 # model.dtype -> OpenVINO's compute precision; auto keeps OpenVINO's choice (bf16 where the CPU has it)
 PRECISIONS = {"auto": None, "float32": "f32", "bfloat16": "bf16"}
@@ -74,9 +74,11 @@ def setup_exporter() -> Path:
     return venv / "bin" / "optimum-cli"
 
 
-def export(ref: ModelRef) -> Path:
-    """The OpenVINO folder of `ref`, exported once into the cache."""
-    target = cache_dir() / "openvino" / f"{model_hash(ref)[:16]}-{WEIGHT_FORMAT}"
+def export(ref: ModelRef, weights: str = "fp16") -> Path:
+    """The OpenVINO folder of `ref` with `weights`, exported once into the cache."""
+    if weights not in WEIGHT_FORMATS:
+        raise BackendError(f"model.weights={weights!r} is not one of {', '.join(WEIGHT_FORMATS)}")
+    target = cache_dir() / "openvino" / f"{model_hash(ref)[:16]}-{weights}"
     if (target / "openvino_model.xml").exists():
         return target
     cli = find_exporter()
@@ -88,7 +90,7 @@ def export(ref: ModelRef) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     log.info("exporting %s to OpenVINO once (cache: %s)", ref.name, target)
     proc = subprocess.run([str(cli), "export", "openvino", "--model", str(hf_dir), "--task", "text-generation-with-past",
-                           "--weight-format", WEIGHT_FORMAT, str(tmp)], capture_output=True, text=True)
+                           "--weight-format", weights, str(tmp)], capture_output=True, text=True)
     if proc.returncode != 0 or not (tmp / "openvino_model.xml").exists():
         shutil.rmtree(tmp, ignore_errors=True)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -105,13 +107,13 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
     ignore_eos = False  # benchmarks: decode exactly max_new_tokens per sequence
 
     def __init__(self, model: str = "embedded", dtype: str = "auto", batch_size: int = 32, threads: int = 0,
-                 prefix_cache: bool = True, model_ref: Optional[ModelRef] = None):
+                 prefix_cache: bool = True, weights: str = "fp16", model_ref: Optional[ModelRef] = None):
         try:
             import openvino_genai as og
         except ImportError:
             raise BackendUnavailable("backend 'openvino' needs openvino-genai: pip install openvino-genai") from None
         self.ref = model_ref or resolve_model(model)
-        path = export(self.ref)
+        path = export(self.ref, weights)
         hf_dir = hf_model.materialize(self.ref)
         self.tokenizer = hf_model.load_tokenizer(hf_dir)
         self.end_ids = hf_model.end_token_ids(self.tokenizer)
@@ -130,7 +132,7 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
         self.pipe = og.ContinuousBatchingPipeline(str(path), sched, "CPU", props)
         self.dtype, self.batch_size, self.threads = dtype, batch_size, threads
         self._scorer: Any = None
-        self._identity = {**self.ref.identity(), "engine": "openvino-genai", "weights": WEIGHT_FORMAT,
+        self._identity = {**self.ref.identity(), "engine": "openvino-genai", "weights": weights,
                           "compute": compute_precision(dtype), "openvino_genai": og.__version__.split("-")[0]}
 
     def _config(self, n: int, temperature: float, top_k: int, top_p: float, max_new_tokens: int, stop: Sequence[str],
