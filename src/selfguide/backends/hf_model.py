@@ -152,8 +152,8 @@ def render_prompt(tok: Any, messages: Any, prefill: str = "") -> str:
 
 
 class TokenizerFrontEnd:
-    """What every engine driven through the model's transformers tokenizer shares (hf, native,
-    vllm, openvino): the chat template, token counts, its identity, and the ids `score` needs."""
+    """What every engine driven through the model's transformers tokenizer shares (hf, vllm,
+    openvino): the chat template, token counts, its identity, and the ids `score` needs."""
 
     tokenizer: Any
     end_text: str

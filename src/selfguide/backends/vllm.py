@@ -88,7 +88,7 @@ class VLLMBackend(hf_model.TokenizerFrontEnd):
             raise BackendUnavailable("backend 'vllm' needs vllm: pip install 'selfguide[vllm]' (a CUDA GPU is required)")
 
         if not torch.cuda.is_available():
-            raise BackendUnavailable("backend 'vllm' needs a CUDA GPU; on CPU use model.backend: native")
+            raise BackendUnavailable("backend 'vllm' needs a CUDA GPU; on CPU use model.backend: auto (openvino, else hf)")
         self.ref = model_ref or resolve_model(model)
         path = hf_model.materialize(self.ref)
         self.tokenizer = hf_model.load_tokenizer(path)
