@@ -60,6 +60,18 @@ def test_stops_and_end_tokens(backend):
         assert not any(s in text for s in stops)
 
 
+def test_a_stop_string_at_the_very_start_gives_an_empty_stopped_text(backend):
+    rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
+    free = [x[0].text for x in backend.generate(rendered, max_new_tokens=8)]
+    opening = tuple({t[:2] for t in free if len(t) >= 2})
+    for n in (1, 2):  # OpenVINO GenAI 2026.4 dropped the sequence when n == 1 (fixed in the backend)
+        got = backend.generate(rendered, n=n, temperature=1e-3, top_k=1, max_new_tokens=8, stop=opening)
+        assert [len(x) for x in got] == [n, n, n]
+        for text, samples in zip(free, got):
+            if len(text) >= 2:
+                assert all(c.text == "" and c.finish == STOP for c in samples)
+
+
 def test_finish_reasons(backend):
     rendered = [backend.render([{"role": "user", "content": p}]) for p in PROMPTS]
     free = [x[0] for x in backend.generate(rendered, max_new_tokens=16)]

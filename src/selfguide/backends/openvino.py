@@ -143,6 +143,9 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
         g.stop_token_ids = set(self.end_ids)
         if stop:
             g.stop_strings = set(stop)
+            # kept in the text and cut by finish_text: without it, a completion that opens with a stop
+            # string comes back as no sequence at all (OpenVINO GenAI 2026.4)
+            g.include_stop_str_in_output = True
         if self.ignore_eos:
             g.ignore_eos = True
             g.min_new_tokens = max_new_tokens
@@ -166,7 +169,10 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
                    for i in range(len(prompts))]
         outs = self._run(list(prompts), configs)
         result = []
-        for per_prompt in outs:
+        for prompt_index, per_prompt in enumerate(outs):
+            if len(per_prompt) != (n if temperature > 0 else 1):
+                raise BackendError(f"OpenVINO returned {len(per_prompt)} sequences for prompt {prompt_index} of the call, "
+                                   f"{n if temperature > 0 else 1} asked for")
             texts = []
             for o in per_prompt:
                 ids = list(o.generated_ids)
