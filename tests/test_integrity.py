@@ -77,6 +77,17 @@ def test_engine_options_that_an_engine_ignores_are_errors():
     identity.check_engine_options(ModelConfig(threads=2, dtype="float32", weights="int8"), "openvino")
 
 
+def test_openvino_only_options_do_not_reach_the_hf_evaluation(tmp_path):
+    """model.weights shapes openvino synthesis only: evaluation (hf) neither refuses nor records it."""
+    ctx = make_context(EXAMPLE, overrides=[f"run_dir={tmp_path}", "model.backend=openvino", "model.weights=int8"])
+    assert ctx.engine() == "openvino" and ctx.eval_engine() == "hf"
+    assert ctx.eval_model_config().weights == "fp16" and ctx.cfg.model.weights == "int8"
+    assert "weights" not in ctx.base_model_identity(ctx.eval_engine())
+    hf_run = make_context(EXAMPLE, overrides=[f"run_dir={tmp_path}", "model.backend=hf", "model.weights=int8"])
+    with pytest.raises(ConfigError, match=r"hf backend does not use model\.weights"):
+        hf_run.eval_engine()
+
+
 def test_engine_option_error_through_the_cli(tmp_path):
     from click.testing import CliRunner
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from selfguide.backends import Backend, model_backend, resolve_backend
-from selfguide.config import RunConfig
+from selfguide.config import ModelConfig, RunConfig
 from selfguide.identity import check_engine_options, model_identity, stage_identity
 from selfguide.models import resolve_model
 from selfguide.progress import Progress
@@ -74,8 +75,15 @@ class Context:
         engine = self.engine()
         if engine in ("fake", "openvino"):
             engine = "hf"
-        check_engine_options(self.cfg.model, engine)
+        check_engine_options(self.eval_model_config(), engine)
         return engine
+
+    def eval_model_config(self) -> ModelConfig:
+        """The model settings evaluation runs with: those only openvino synthesis uses
+        (model.weights) are left at their defaults for the hf evaluation."""
+        if self.engine() != "openvino":
+            return self.cfg.model
+        return dataclasses.replace(self.cfg.model, weights=ModelConfig().weights)
 
     def close_backend(self) -> None:
         """Free the generation model (before training needs the memory)."""

@@ -172,7 +172,7 @@ def model_factory(ctx: Context, model: str) -> Callable[[], Backend]:
 
     def factory() -> Backend:
         if "b" not in holder:
-            holder["b"] = model_backend(ctx.cfg.model, model, ctx.eval_engine())
+            holder["b"] = model_backend(ctx.eval_model_config(), model, ctx.eval_engine())
         return holder["b"]
 
     def close() -> None:
