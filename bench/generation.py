@@ -43,7 +43,7 @@ def task_file() -> Path:
     return shared if shared.exists() else ROOT / "tests" / "data" / "niv2" / "task1529.paper_prompt.json"
 
 
-def build(engine: str, batch: int):
+def build(engine: str, batch: int, dtype: str = "auto"):
     from selfguide.backends import get_backend
 
     if engine == "llama.cpp":
@@ -58,9 +58,9 @@ def build(engine: str, batch: int):
         eng = LlamaCppEngine(str(ref.path), tok, hf_model.end_token_ids(tok), batch_size=batch)
         return eng
     if engine.startswith("openvino"):  # batch = max_num_seqs, fixed when the pipeline is built
-        return get_backend("openvino", model="embedded", batch_size=batch, weights=engine.partition("-")[2] or "fp16")
+        return get_backend("openvino", model="embedded", batch_size=batch, dtype=dtype, weights=engine.partition("-")[2] or "fp16")
     # dtype auto: what a run picks on this CPU (bf16 only with AVX512-BF16/AMX; emulated bf16 is several times slower)
-    return get_backend("hf", model="embedded", dtype="auto", batch_size=batch, prefix_cache=engine != "hf-plain")
+    return get_backend("hf", model="embedded", dtype=dtype, batch_size=batch, prefix_cache=engine != "hf-plain")
 
 
 def timed(fn) -> tuple[float, object]:
@@ -95,14 +95,14 @@ def distinct_tokens(tok, batch: list[str]) -> int:
     return shared + sum(len(x) - shared for x in ids)
 
 
-def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
+def worker(engine: str, batches: list[int], new_tokens: int, dtype: str) -> dict:
     """Every measurement for one engine, in this process."""
     from selfguide import prompts
 
     tok, gen_prompts, task_prompts = stage_prompts()
     count = lambda ps: sum(len(tok(p, add_special_tokens=False)["input_ids"]) for p in ps)  # noqa: E731
 
-    eng = build(engine, max(batches + [32]))
+    eng = build(engine, max(batches + [32]), dtype)
     eng.ignore_eos = True
     eng.generate(gen_prompts[:2], temperature=1.0, top_k=40, max_new_tokens=4)  # warm-up (oneDNN's first call is slow)
     res: dict = {"engine": engine, "throughput": [], "prompt_tokens_mean": round(count(gen_prompts) / 32)}
@@ -113,7 +113,7 @@ def worker(engine: str, batches: list[int], new_tokens: int) -> dict:
         nonlocal eng
         if engine.startswith("openvino"):
             eng.close()
-            eng = build(engine, bs)
+            eng = build(engine, bs, dtype)
             eng.ignore_eos = ignore
         else:
             eng.batch_size = bs
@@ -201,6 +201,7 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="auto", help="model.dtype for every engine (float32: the fp32 path of CPUs without bf16)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "generation"))
     ap.add_argument("--merge", action="store_true", help="keep the saved results of engines not measured now (same machine)")
     ap.add_argument("--render", action="store_true", help="re-write the .md/.png from the saved .json (no measuring)")
@@ -209,7 +210,7 @@ def main() -> None:
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.worker:
-        Path(args.json).write_text(json.dumps(worker(args.worker, batches, args.new_tokens)))
+        Path(args.json).write_text(json.dumps(worker(args.worker, batches, args.new_tokens, args.dtype)))
         return
     import torch
     import transformers
@@ -240,7 +241,7 @@ def main() -> None:
         print("kept from the saved run:", ", ".join(e for e in results if e not in args.engines.split(",")))
     for engine in args.engines.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            cmd = [sys.executable, __file__, "--worker", engine, "--json", f.name, "--batches", args.batches, "--new-tokens", str(args.new_tokens)]
+            cmd = [sys.executable, __file__, "--worker", engine, "--json", f.name, "--batches", args.batches, "--new-tokens", str(args.new_tokens), "--dtype", args.dtype]
             if subprocess.run(cmd).returncode != 0:
                 print(f"{engine}: failed or not installed, left out", flush=True)
                 continue
@@ -264,7 +265,7 @@ def main() -> None:
         "task": task_file().name,
         "matmul_roof_gflops": roof,
     }
-    analysis = summarise(results, roof["bfloat16" if cpu_has_native_bf16() else "float32"], layer_flops, head_flops, args.new_tokens, distinct)
+    analysis = summarise(results, roof["bfloat16" if cpu_has_native_bf16() and args.dtype != "float32" else "float32"], layer_flops, head_flops, args.new_tokens, distinct)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
     plot(results, out.with_suffix(".png"))
