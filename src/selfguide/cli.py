@@ -146,7 +146,7 @@ def doctor() -> None:
             openvino = "ready" if find_exporter() else "installed, its exporter is not: selfguide engines setup-openvino"
         vllm = "installed" if importlib.util.find_spec("vllm") else "not installed: pip install 'selfguide[vllm]', GPU only"
         click.echo(f"backends: openvino ({openvino}), hf (available), vllm ({vllm}), fake (available)")
-        click.echo(f"engine `auto` picks here: {resolve_backend('auto', 'embedded')}")
+        click.echo(f"engine `auto` picks here: {resolve_backend('auto')}")
     else:
         click.echo("backends: fake only; install torch for hf: pip install torch==2.13.0")
 

@@ -18,7 +18,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
-def resolve_backend(name: str, model: str, device: str = "auto") -> str:
+def resolve_backend(name: str, device: str = "auto") -> str:
     """`auto` -> openvino on CPU when OpenVINO GenAI and its exporter are installed (faster than
     every other engine on each stage call, docs/benchmarks/generation.md), else hf; hf on CUDA
     (vllm is chosen by name). Other names are returned as given."""
@@ -64,7 +64,7 @@ def get_backend(name: str, **kwargs: Any) -> Backend:
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise BackendUnavailable(f"unknown backend '{name}'; {hint}available: {', '.join(BACKENDS)}")
     if name == "auto":
-        name = resolve_backend(name, kwargs.get("model", "embedded"), kwargs.get("device", "auto"))
+        name = resolve_backend(name, kwargs.get("device", "auto"))
     target, install = BACKENDS[name]
     module_name, cls_name = target.split(":")
     try:

@@ -64,7 +64,7 @@ class Context:
     def engine(self) -> str:
         """The configured backend with `auto` resolved (recorded in every stage's identity)."""
         if self._engine is None:
-            self._engine = resolve_backend(self.cfg.model.backend, self.cfg.model.name, self.cfg.model.device)
+            self._engine = resolve_backend(self.cfg.model.backend, self.cfg.model.device)
             check_engine_options(self.cfg.model, self._engine)
         return self._engine
 
