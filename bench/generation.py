@@ -226,9 +226,8 @@ def main() -> None:
         layer_flops, head_flops = model_flops()
         tok, gen_prompts, task_prompts = stage_prompts()
         distinct = {"generate": distinct_tokens(tok, gen_prompts), "annotate": distinct_tokens(tok, task_prompts[:16])}
-        bf16_there = "native bf16 (AVX512-BF16/AMX): yes" in meta["machine"]  # the measuring machine's, not this one's
-        analysis = summarise(results, meta["matmul_roof_gflops"]["bfloat16" if bf16_there else "float32"], layer_flops,
-                             head_flops, args.new_tokens, distinct)
+        analysis = summarise(results, meta["matmul_roof_gflops"][meta["roof_dtype"]], layer_flops, head_flops,
+                             args.new_tokens, distinct)
         out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
         plot(results, out.with_suffix(".png"))
         out.with_suffix(".md").write_text(render(meta, results, analysis, out.with_suffix(".png").name))
@@ -264,8 +263,9 @@ def main() -> None:
                     f"llama-cpp-python {llama_version}",
         "task": task_file().name,
         "matmul_roof_gflops": roof,
+        "roof_dtype": "bfloat16" if cpu_has_native_bf16() and args.dtype != "float32" else "float32",  # the dtype measured
     }
-    analysis = summarise(results, roof["bfloat16" if cpu_has_native_bf16() and args.dtype != "float32" else "float32"], layer_flops, head_flops, args.new_tokens, distinct)
+    analysis = summarise(results, roof[meta["roof_dtype"]], layer_flops, head_flops, args.new_tokens, distinct)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "engines": results, "ratios": analysis}, indent=1))
     plot(results, out.with_suffix(".png"))

@@ -9,15 +9,13 @@ import importlib.util
 
 import pytest
 
-from selfguide.backends import get_backend
+from selfguide.backends import get_backend, openvino_ready
 from selfguide.backends.base import LENGTH, STOP, Completion
 
 
 def _available(name: str) -> bool:
     if name == "openvino":
-        from selfguide.backends.openvino import find_exporter
-
-        return importlib.util.find_spec("openvino_genai") is not None and find_exporter() is not None
+        return openvino_ready()
     if name != "vllm":
         return True
     if importlib.util.find_spec("vllm") is None:

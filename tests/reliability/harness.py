@@ -5,7 +5,7 @@ moments, restart it, repeat until it finishes; then compare with an uninterrupte
 
 --synthesis fake (default): whole runs, scripted synthesis, tiny real model for training and
 evaluation. --synthesis hf|openvino: generate + annotate only, with that engine on a tiny real
-model, fp32, cross-call KV store off (child.py says why).
+model, fp32 (child.py).
 
 Checks after every kill: every JSONL file reads back (a cut last line is tolerated, a corrupt one
 is not), no duplicate ids, and a MANIFEST.json exists only for stages whose outputs are complete.

@@ -169,10 +169,11 @@ class OpenVINOBackend(hf_model.TokenizerFrontEnd):
                    for i in range(len(prompts))]
         outs = self._run(list(prompts), configs)
         result = []
+        asked = n if temperature > 0 else 1  # greedy: one sequence, copied n times below
         for prompt_index, per_prompt in enumerate(outs):
-            if len(per_prompt) != (n if temperature > 0 else 1):
+            if len(per_prompt) != asked:
                 raise BackendError(f"OpenVINO returned {len(per_prompt)} sequences for prompt {prompt_index} of the call, "
-                                   f"{n if temperature > 0 else 1} asked for")
+                                   f"{asked} asked for")
             texts = []
             for o in per_prompt:
                 ids = list(o.generated_ids)

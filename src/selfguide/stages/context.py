@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 from selfguide.backends import Backend, model_backend, resolve_backend
 from selfguide.config import ModelConfig, RunConfig
-from selfguide.identity import check_engine_options, model_identity, stage_identity
+from selfguide.identity import ENGINE_OPTIONS, check_engine_options, model_identity, stage_identity
 from selfguide.models import resolve_model
 from selfguide.progress import Progress
 from selfguide.store import Stage
@@ -72,18 +72,24 @@ class Context:
         """Evaluation runs the real model on the run's engine; hf when synthesis was scripted or ran
         on openvino (a finetuned model would need its own OpenVINO export, slower than the hf
         evaluation it saves at these sizes, and every system of a verdict runs on one engine)."""
-        engine = self.engine()
-        if engine in ("fake", "openvino"):
-            engine = "hf"
+        engine = self._eval_engine_name()
         check_engine_options(self.eval_model_config(), engine)
         return engine
 
+    def _eval_engine_name(self) -> str:
+        engine = self.engine()
+        return "hf" if engine in ("fake", "openvino") else engine
+
     def eval_model_config(self) -> ModelConfig:
-        """The model settings evaluation runs with: those only openvino synthesis uses
-        (model.weights) are left at their defaults for the hf evaluation."""
-        if self.engine() != "openvino":
+        """The model settings evaluation runs with: when synthesis runs on another engine than
+        evaluation, the settings only synthesis uses (openvino's model.weights) are left at their
+        defaults instead of being refused by the evaluation engine."""
+        synthesis, evaluation = self.engine(), self._eval_engine_name()
+        if synthesis == evaluation or synthesis not in ENGINE_OPTIONS:
             return self.cfg.model
-        return dataclasses.replace(self.cfg.model, weights=ModelConfig().weights)
+        default = ModelConfig()
+        only_synthesis = set(ENGINE_OPTIONS[synthesis]) - set(ENGINE_OPTIONS[evaluation])
+        return dataclasses.replace(self.cfg.model, **{k: getattr(default, k) for k in only_synthesis})
 
     def close_backend(self) -> None:
         """Free the generation model (before training needs the memory)."""
