@@ -88,7 +88,9 @@ def compare(arms: list[tuple[str, list[dict]]], only_dev: bool, allow_mixed: boo
                 f"| {len(tasks)} | {statistics.fmean(seed_means):+.2f} | {min(seed_means):+.2f}..{max(seed_means):+.2f} "
                 f"| {sum(m > 0 for m in task_means)} | {pairs:.0f} |"
             )
-    lines += ["", "Numerics version(s) of the rows: " + ", ".join(map(str, numerics_versions(rows)))
+    flags = sorted({", ".join(run.get("cpu_flags") or ["not recorded"]) for _, runs in arms for run in runs})
+    lines += ["", "CPU vector flags of the runs: " + "; ".join(flags),
+              "", "Numerics version(s) of the rows: " + ", ".join(map(str, numerics_versions(rows)))
               + (" (MIXED: rows made by code with other numerics, tabulated with --allow-mixed-versions)"
                  if len(numerics_versions(rows)) > 1 else "")]
     names = [name for name, _ in arms]
