@@ -335,8 +335,12 @@ def test_choose_scale():
 
 def test_gate_settings_are_checked(run_dir):
     task = NIV2 / "task1529.paper_prompt.json"
-    with pytest.raises(ConfigError, match="evaluate.split must be another split"):
+    # reporting on validation too: the gate needs MIN_ITEMS validation items the report leaves out (task1529 has 20)
+    with pytest.raises(ConfigError, match="uses 20, which leaves 0 for the gate .* another split"):
         make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.gate=validation", "evaluate.split=validation"])
+    with pytest.raises(ConfigError, match="leaves 14 for the gate"):
+        make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.gate=validation", "evaluate.split=validation",
+                                      "evaluate.max_items=6"])
     with pytest.raises(ConfigError, match="needs a validation split"):
         make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "evaluate.gate=validation"])
 
@@ -360,6 +364,34 @@ def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
     preds = {s: [r["prediction"] for r in read_records(res.run_dir / "evaluate" / s / "predictions.jsonl")]
              for s in ("prompt-fewshot", "selfguide")}
     assert gate["scale"] == 0.0 and preds["selfguide"] == preds["prompt-fewshot"]
+
+
+def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validation_items(run_dir, tiny_model, monkeypatch):
+    from selfguide import bench, bench_seeds
+    from selfguide.config import load_config
+    from selfguide.stages import gate
+
+    monkeypatch.setattr(gate, "MIN_ITEMS", 5)  # task1529 has 20 validation items: 8 reported, 8 of the other 12 gate
+    cfg = load_config(None, [f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=8", "annotate.n=2",
+                             "evaluate.split=validation", "evaluate.max_items=8", "train.epochs=1", "model.dtype=float32",
+                             "evaluate.bootstrap=50", "annotate.orders=1", "annotate.label_source=conditioned", "name=g-s42"])
+    data = bench.run_bench([str(NIV2 / "task1529.paper_prompt.json")], cfg, ["prompt-fewshot", "selfguide-gated"],
+                           run_dir / "out", backend_factory=lambda: FakeBackend())
+    row = data["tasks"][0]
+    ids = {s: [r["id"] for r in read_records(run_dir / "g-s42" / "task1529" / "evaluate" / s / "predictions.jsonl")]
+           for s in ("prompt-fewshot", "gate-scale-0", "gate-scale-1", "selfguide-gated")}
+    assert len(ids["gate-scale-0"]) == 8 and not set(ids["gate-scale-0"]) & set(ids["prompt-fewshot"])
+    assert ids["gate-scale-1"] == ids["gate-scale-0"] and ids["selfguide-gated"] == ids["prompt-fewshot"]
+    assert row["gate"]["part"] == "rest" and row["gate"]["scale"] == choose_scale({float(k): v for k, v in row["gate"]["scores"].items()})
+    assert set(row["scores"]) == {"prompt-fewshot", "selfguide", "selfguide-gated"} and {"value", "ci_low"} <= set(row["delta_gated"])
+    summary = bench_seeds.summarize({42: data}, run_dir, "g", resamples=50)
+    assert summary["tasks"][0]["gate_scales"] == [row["gate"]["scale"]] and "delta_gated" in summary["averages"]["classification"]
+    bench_seeds.write(run_dir / "seeds", summary)
+    assert "| task1529 | " + f"{row['gate']['scale']:g} |" in (run_dir / "seeds.md").read_text()
+    # a bench that cannot gate one of its tasks says so before any work
+    monkeypatch.setattr(gate, "MIN_ITEMS", 20)
+    with pytest.raises(ConfigError, match="leaves 12 for the gate"):
+        bench.run_bench([str(NIV2 / "task1529.paper_prompt.json")], cfg, ["selfguide-gated"], run_dir / "out2")
 
 
 def test_a_bench_over_both_kinds_labels_each_with_what_fits(run_dir):

@@ -28,7 +28,8 @@ from selfguide.store import atomic_write_json, atomic_write_text, cpu_vector_fla
 from selfguide.task import Example, load_task
 
 log = logging.getLogger(__name__)
-METHODS = ("prompt-zeroshot", "prompt-fewshot", "prompt-calibrated", "finetune-fewshot", "icl-synthetic", "selfguide")
+METHODS = ("prompt-zeroshot", "prompt-fewshot", "prompt-calibrated", "finetune-fewshot", "icl-synthetic", "selfguide",
+           "selfguide-gated")
 # Prompt budget of icl-synthetic on CPU: SmolLM2 reads 8k tokens, but prefill cost grows with it.
 ICL_PROMPT_TOKENS = 2048
 
@@ -88,6 +89,7 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
     from selfguide import pipeline
     from selfguide.stages.evaluate import (base_backend_factory, base_identity, eval_items, evaluate_calibrated, evaluate_prompting,
                                            evaluate_trained, primary_metric, run_evaluate, verdict)
+    from selfguide.stages.gate import gated_train_manifest
     from selfguide.stages.generate import run_generate
     from selfguide.stages.train import run_train
 
@@ -101,11 +103,12 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         evaluations.append(manifest)
         return manifest["results"]
 
+    selfguided = "selfguide" in methods or "selfguide-gated" in methods  # both train on the synthetic pairs
     if "prompt-zeroshot" in methods:
         results["prompt-zeroshot"] = evaluated(evaluate_prompting(ctx, "zeroshot"))
-    if "prompt-fewshot" in methods or "selfguide" in methods:
+    if "prompt-fewshot" in methods or selfguided:
         results["prompt-fewshot"] = evaluated(evaluate_prompting(ctx, "fewshot"))
-    if "selfguide" in methods or "icl-synthetic" in methods:
+    if selfguided or "icl-synthetic" in methods:
         manifests.update(pipeline.synthesize(ctx))
     if "icl-synthetic" in methods:
         base_factory = base_backend_factory(ctx)
@@ -121,9 +124,12 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         few_ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, train=dataclasses.replace(ctx.cfg.train, batch_size=1, replay_share=0.0)))
         m = run_train(few_ctx, _fewshot_pairs(ctx), "train-fewshot")
         results["finetune-fewshot"] = evaluated(evaluate_trained(ctx, m, "finetune-fewshot"))
-    if "selfguide" in methods:
+    if selfguided:
         manifests["train"] = run_train(ctx)
         results["selfguide"] = evaluated(evaluate_trained(ctx, manifests["train"], "selfguide"))
+    if "selfguide-gated" in methods:
+        gate = _gated(ctx, manifests["train"])
+        results["selfguide-gated"] = evaluated(evaluate_trained(ctx, gated_train_manifest(manifests["train"], gate), "selfguide-gated"))
     row: dict[str, Any] = {
         "task": task.id, "kind": task.kind, "primary_metric": primary_metric(ctx),
         # the numerics version of the code that made every stage this row rests on (identity.py)
@@ -142,9 +148,23 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         row["inputs"] = {"raw": g["raw"], "kept": g["kept"], "rejected": g["rejected"]}
         row["label_mix"] = manifests["annotate"]["counts"].get("label_mix_after")
         row["labeller"] = manifests["annotate"]["counts"].get("labeller", "vote")
+    if "selfguide-gated" in results:
+        row["delta_gated"] = verdict(ctx, system="selfguide-gated")["delta"]
+        row["gate"] = {k: gate[k] for k in ("scale", "scores", "items", "part")}
     if "icl-synthetic" in results:
         row["icl_shots"] = results["icl-synthetic"]["shots"]
     return row
+
+
+def _gated(ctx: Context, train_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The do-no-harm gate's choice for this task (evaluate.gate=validation whatever the run says)."""
+    from selfguide.stages.gate import check_settings, run_gate
+
+    gctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, evaluate=dataclasses.replace(ctx.cfg.evaluate, gate="validation")))
+    check_settings(gctx)
+    gate = run_gate(gctx, train_manifest)
+    assert gate is not None  # the gate is on in gctx
+    return gate
 
 
 def run_bench(
@@ -164,6 +184,12 @@ def run_bench(
         raise UserInputError(f"--reuse-from {reuse_from}: no run folder {Path(cfg.run_dir) / reuse_from}; name a finished run")
     files = find_tasks(task_specs)
     specs = [load_task(f) for f in files]  # validate every file before any work
+    if "selfguide-gated" in methods:  # every task's gate settings, before any work
+        from selfguide.stages.gate import check_settings
+
+        gate_cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="validation"))
+        for spec in specs:
+            check_settings(Context(gate_cfg, spec, backend_factory=backend_factory))
     model = resolve_model(cfg.model.name).identity()
     rows: list[dict[str, Any]] = []
     pending: list[dict[str, str]] = []

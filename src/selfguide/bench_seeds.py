@@ -27,10 +27,11 @@ def _item_scores(run: Path, task: str, system: str, metric: str) -> Optional[dic
     return {r["id"]: r["scores"][metric] for r in read_records(path)}
 
 
-def pooled_delta(runs: Sequence[Path], task: str, metric: str, resamples: int, seed: int) -> Optional[dict[str, float]]:
-    """selfguide - prompt-fewshot per item, averaged over the seeds' runs, with a paired bootstrap CI."""
+def pooled_delta(runs: Sequence[Path], task: str, metric: str, resamples: int, seed: int,
+                 system_name: str = "selfguide") -> Optional[dict[str, float]]:
+    """`system_name` - prompt-fewshot per item, averaged over the seeds' runs, with a paired bootstrap CI."""
     base, system = [], []
-    per_seed = [(_item_scores(r, task, "prompt-fewshot", metric), _item_scores(r, task, "selfguide", metric)) for r in runs]
+    per_seed = [(_item_scores(r, task, "prompt-fewshot", metric), _item_scores(r, task, system_name, metric)) for r in runs]
     if any(b is None or s is None for b, s in per_seed):
         return None
     ids = sorted(set.intersection(*[set(b) & set(s) for b, s in per_seed]))  # type: ignore[arg-type]
@@ -63,6 +64,12 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
                "numerics": sorted({v for s in seeds for v in by_seed[s].get("numerics", [0])}),
                "delta_per_seed": deltas, "positive_seeds": sum(d > 0 for d in deltas),
                "delta": pooled_delta([run_root / seed_name(name, s) for s in seeds], task, metric, resamples, seeds[0])}
+        if "selfguide-gated" in methods:
+            gated = [by_seed[s]["delta_gated"]["value"] for s in seeds if by_seed[s].get("delta_gated")]
+            row["gate_scales"] = [by_seed[s]["gate"]["scale"] for s in seeds if by_seed[s].get("gate")]
+            row["delta_gated_per_seed"] = gated
+            row["delta_gated"] = pooled_delta([run_root / seed_name(name, s) for s in seeds], task, metric, resamples,
+                                              seeds[0], "selfguide-gated")
         rows.append(row)
     averages: dict[str, Any] = {}
     for kind in ("classification", "generation"):
@@ -78,6 +85,10 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
             "significant_losses": sum(1 for r in kr if r["delta"] and r["delta"]["ci_high"] < 0),
             "significant_gains": sum(1 for r in kr if r["delta"] and r["delta"]["ci_low"] > 0),
         }
+        gated = [r["delta_gated"] for r in kr if r.get("delta_gated")]
+        if gated:
+            averages[kind]["delta_gated"] = round(sum(d["value"] for d in gated) / len(gated), 2)
+            averages[kind]["significant_losses_gated"] = sum(1 for d in gated if d["ci_high"] < 0)
     header = {k: first[k] for k in ("model", "split", "metric_mode", "cpu_flags", "machine", "versions", "changed_from_defaults")}
     return {**header, "seeds": seeds, "methods": methods, "tasks": rows, "averages": averages,
             "numerics_version": sorted({v for r in rows for v in r["numerics"]})}
@@ -111,5 +122,21 @@ def write(out: Path, data: dict[str, Any]) -> None:
         delta = f"{a['delta']:+.1f}" if a["delta"] is not None else "-"
         lines.append(f"| {kind} | {a['tasks']} | {a['metric']} | " + " | ".join(cells) + f" | {delta} | "
                      f"{a['significant_gains']} / {a['significant_losses']} |")
+    gated_rows = [r for r in data["tasks"] if "delta_gated" in r]
+    if gated_rows:
+        lines += ["", "Do-no-harm gate (`selfguide-gated`): the LoRA scale in {0, 0.5, 1} that scored best on validation items "
+                  "the reported evaluation does not use (0 keeps the base model).", "",
+                  "| task | scale per seed | selfguide delta | gated delta [95% CI] | gated significant loss |",
+                  "|---|---|---:|---|---|"]
+        for r in gated_rows:
+            d, g = r["delta"], r["delta_gated"]
+            gd = f"{g['value']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]" if g else "-"
+            lines.append(f"| {r['task']} | {', '.join(f'{x:g}' for x in r['gate_scales'])} | "
+                         f"{d['value']:+.1f} | {gd} | {'yes' if g and g['ci_high'] < 0 else 'no'} |" if d else
+                         f"| {r['task']} | {', '.join(f'{x:g}' for x in r['gate_scales'])} | - | {gd} | - |")
+        for kind, a in data["averages"].items():
+            if "delta_gated" in a:
+                lines.append(f"\n{kind}: mean gated delta {a['delta_gated']:+.1f} (ungated {a['delta']:+.1f}); "
+                             f"significant losses {a['significant_losses_gated']} gated, {a['significant_losses']} ungated")
     atomic_write_json(out.with_suffix(".json"), data)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")

@@ -415,7 +415,7 @@ def next_step(v: dict[str, Any], task_file: str, quick: bool) -> str:
 @click.option("--model", "-m", default=None, help="'embedded', a local HF folder or a .gguf file.")
 @click.option("--split", default=None, type=click.Choice(["test", "validation", "test_small", "all"]), help="Evaluation split (default test_small).")
 @click.option("--methods", default=",".join(["prompt-zeroshot", "prompt-fewshot", "prompt-calibrated", "finetune-fewshot",
-                                             "icl-synthetic", "selfguide"]), help="Comma-separated methods.")
+                                             "icl-synthetic", "selfguide"]), help="Comma-separated methods (also: selfguide-gated, the do-no-harm gate's model; it needs a validation split).")
 @click.option("--seeds", default=None, metavar="S1,S2,...",
               help="Synthesis seeds: one run per seed (NAME-sSEED), then a table of means, spreads and pooled CIs.")
 @click.option("--name", default="bench", help="Run name under the run folder.")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from selfguide import prompts
 from selfguide.backends import Backend, model_backend
@@ -35,10 +35,13 @@ def eval_items(ctx: Context) -> list[Instance]:
     """The split's items (without those that repeat a demonstration, see TaskSpec.split_items);
     with evaluate.max_items, an evenly spaced subset in split order (split files are often
     grouped by label, so the first N items would be one class)."""
-    items = ctx.task.split_items(ctx.cfg.evaluate.split)
-    k = ctx.cfg.evaluate.max_items
+    return evenly_spaced(ctx.task.split_items(ctx.cfg.evaluate.split), ctx.cfg.evaluate.max_items)
+
+
+def evenly_spaced(items: list[Instance], k: Optional[int]) -> list[Instance]:
+    """k items spread over the list in its order (all of them without k or when there are fewer)."""
     if k and k < len(items):
-        items = [items[(i * len(items)) // k] for i in range(k)]
+        return [items[(i * len(items)) // k] for i in range(k)]
     return items
 
 
@@ -53,13 +56,15 @@ def primary_metric(ctx: Context) -> str:
 
 def run_evaluate(
     ctx: Context, system: str, model: dict[str, Any], backend_factory: Callable[[], Backend],
-    shots: str | Sequence[Example] = "fewshot",
+    shots: str | Sequence[Example] = "fewshot", items: Optional[list[Instance]] = None, part: Optional[str] = None,
 ) -> dict[str, Any]:
     """Evaluate one system; returns its manifest (with `results`).
 
     `shots`: "fewshot" (the task's examples), "zeroshot", or an explicit list of demonstrations.
+    `items` replaces the split's items (the gate's); `part` then names which part of the split they are.
     """
-    items = eval_items(ctx)
+    if items is None:
+        items = eval_items(ctx)
     if not items:
         raise_no_items(ctx)
     e = ctx.cfg.evaluate
@@ -70,7 +75,8 @@ def run_evaluate(
         shot_list = list(shots)
         shots_id = [len(shot_list), digest([[x.input, x.output] for x in shot_list])]
     budget = eval_budget(ctx)
-    settings = {"split": e.split, "max_items": e.max_items, "max_new_tokens": budget, "shots": shots_id}
+    settings = {"split": e.split, "max_items": e.max_items, "max_new_tokens": budget, "shots": shots_id,
+                **({"part": part} if part else {})}
     reads = {"items": {"n": len(items), "sha256": digest([[it.id, it.input, list(it.outputs)] for it in items])}}
     stage = ctx.open_stage(f"{STAGE}:{system}", settings, model, reads, folder=f"{STAGE}/{system}")
     if stage.begin(ctx.force) == "done":

@@ -4,8 +4,10 @@ A model that teaches itself from its own labels can get worse. With `evaluate.ga
 the trained weights W1 are blended with the base weights W0 as W0 + a (W1 - W0) for a in
 {0, 0.5, 1} (for a LoRA run that is the merged adapter scaled by a; a = 0 is the base model), each
 is scored with the few-shot prompt on the task's `validation` split, and the best scale is kept
-(ties go to the smaller one). The verdict is then measured on `evaluate.split`, which must be
-another split: a choice made on the items that are reported would inflate the verdict.
+(ties go to the smaller one). The verdict is then measured on `evaluate.split`. A choice made on
+the items that are reported would inflate the verdict, so when `evaluate.split` is `validation`
+too (the development tasks, whose test splits must not steer anything) the gate chooses on the
+validation items the reported evaluation leaves out, and needs at least MIN_ITEMS of them.
 """
 
 from __future__ import annotations
@@ -18,24 +20,47 @@ from typing import Any, Optional
 
 from selfguide.errors import ConfigError
 from selfguide.stages.context import Context
+from selfguide.task import Instance
 from selfguide.store import atomic_write_json
 
 log = logging.getLogger(__name__)
 STAGE = "gate"
 SCALES = (0.0, 0.5, 1.0)
 GATE_SPLIT = "validation"
+MIN_ITEMS = 20  # fewer validation items than this cannot tell three scales apart
+
+
+def gate_items(ctx: Context) -> list[Instance]:
+    """The validation items the gate scores on: evaluate.max_items of them, evenly spaced, and
+    never one that the reported evaluation uses."""
+    from selfguide.stages.evaluate import eval_items, evenly_spaced
+
+    items = ctx.task.split_items(GATE_SPLIT)
+    if ctx.cfg.evaluate.split == GATE_SPLIT:
+        reported = {it.id for it in eval_items(ctx)}
+        items = [it for it in items if it.id not in reported]
+    return evenly_spaced(items, ctx.cfg.evaluate.max_items)
 
 
 def check_settings(ctx: Context) -> None:
     if ctx.cfg.evaluate.gate == "off":
         return
-    if ctx.cfg.evaluate.split == GATE_SPLIT:
-        raise ConfigError("evaluate.gate=validation chooses the finetuned model's scale on the validation split, so "
-                          "evaluate.split must be another split (test or test_small): choosing on the reported items "
-                          "would inflate the verdict")
     if GATE_SPLIT not in ctx.task.splits:
         raise ConfigError(f"evaluate.gate=validation needs a validation split, and task {ctx.task.id} has none "
                           f"({ctx.task.source}); set evaluate.gate=off")
+    from selfguide.stages.evaluate import eval_items
+
+    total = len(ctx.task.split_items(GATE_SPLIT))
+    reported = len(eval_items(ctx)) if ctx.cfg.evaluate.split == GATE_SPLIT else 0
+    if total - reported < MIN_ITEMS:
+        if reported:
+            raise ConfigError(f"evaluate.gate=validation with evaluate.split=validation: task {ctx.task.id} has {total} "
+                              f"validation items and the reported evaluation uses {reported}, which leaves {total - reported} for the gate "
+                              f"(it needs {MIN_ITEMS}); "
+                              + (f"set evaluate.max_items={total - MIN_ITEMS} or lower, or " if total > MIN_ITEMS else "")
+                              + "report on another split (evaluate.split=test)")
+        raise ConfigError(f"evaluate.gate=validation: task {ctx.task.id} has {total} validation items, and the gate needs "
+                          f"{MIN_ITEMS} ({ctx.task.source}); set evaluate.gate=off")
 
 
 def interpolate(base_dir: Path, tuned_dir: Path, scale: float, out_dir: Path) -> Path:
@@ -93,7 +118,10 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
     tuned = Path(train_manifest["model_dir"])
     gate_dir = ctx.stage_dir(STAGE)
     tag = made_by(train_manifest)
-    base = run_evaluate(vctx, "gate-scale-0", base_identity(vctx), base_backend_factory(vctx), shots="fewshot")
+    items = gate_items(ctx)
+    part = "rest" if ctx.cfg.evaluate.split == GATE_SPLIT else None  # the items the report leaves out
+    base = run_evaluate(vctx, "gate-scale-0", base_identity(vctx), base_backend_factory(vctx), shots="fewshot",
+                        items=items, part=part)
     scores: dict[float, float] = {0.0: base["results"]["scores"][metric]}
     models: dict[float, str] = {0.0: ctx.cfg.model.name}
     for scale in SCALES[1:]:
@@ -106,7 +134,7 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
         factory = model_factory(vctx, str(model_dir))
         try:
             ident = trained_identity(vctx, {**train_manifest, "gate_scale": scale}, system)
-            manifest = run_evaluate(vctx, system, ident, factory, shots="fewshot")
+            manifest = run_evaluate(vctx, system, ident, factory, shots="fewshot", items=items, part=part)
         finally:
             factory.close()  # type: ignore[attr-defined]
         scores[scale] = manifest["results"]["scores"][metric]
@@ -119,7 +147,7 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
         sentence = (f"kept the finetuning at scale {best:g}: {metric} on validation {scores[0.0]:.1f} prompting, "
                     f"{scores[0.5]:.1f} at half scale, {scores[1.0]:.1f} at full scale")
     result = {"scale": best, "model_dir": models[best], "scores": {f"{a:g}": scores[a] for a in SCALES}, "train": tag,
-              "metric": metric, "split": GATE_SPLIT, "items": base["results"]["n"], "sentence": sentence,
+              "metric": metric, "split": GATE_SPLIT, "part": part or "all", "items": base["results"]["n"], "sentence": sentence,
               "seconds": round(time.time() - started, 1)}
     gate_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(gate_dir / "gate.json", result)
