@@ -87,6 +87,29 @@ def test_resume_after_interrupt_gives_identical_records(tmp_path, after_calls):
     assert stage_bytes(resumed) == stage_bytes(ref)
 
 
+def test_min_kept_goes_on_with_rounds_until_enough_inputs_are_kept(tmp_path):
+    plain_ctx = ctx_for(tmp_path / "plain")
+    plain = synthesize(plain_ctx)["generate"]
+    assert "min_kept" not in json.dumps(plain["config"])  # off: stages made before the setting existed are still reused
+    want = plain["counts"]["kept"] + 3
+    more = ctx_for(tmp_path / "more", overrides=[f"generate.min_kept={want}"])
+    g = synthesize(more)["generate"]["counts"]
+    assert 30 < g["raw"] < 60 and g["raw"] % 10 == 0 and g["kept"] >= want
+    # the extra rounds come after the planned ones: those are the plain run's records
+    first = read_records(more.task_dir / "generate" / "candidates.jsonl")[:30]
+    assert first == read_records(plain_ctx.task_dir / "generate" / "candidates.jsonl")
+    # a run killed in an extra round resumes to the same records and stops at the same round
+    cut = ctx_for(tmp_path / "cut", backend=Interrupting(4), overrides=[f"generate.min_kept={want}"])
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(cut)
+    resumed = ctx_for(tmp_path / "cut", overrides=[f"generate.min_kept={want}"])
+    synthesize(resumed)
+    assert stage_bytes(resumed) == stage_bytes(more)
+    # never more than twice the planned raw inputs
+    capped = synthesize(ctx_for(tmp_path / "cap", overrides=["generate.min_kept=1000"]))["generate"]["counts"]
+    assert capped["raw"] == 60
+
+
 def test_truncated_write_is_recovered(tmp_path):
     ref = ctx_for(tmp_path / "ref")
     synthesize(ref)

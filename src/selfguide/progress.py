@@ -52,6 +52,12 @@ class Bar:
         elif done:
             log.info("%s: resumed at %d/%d %s", self.description, done, self.total, self.unit)
 
+    def extend(self, total: int) -> None:
+        """More work than planned (generation going on until enough inputs are kept)."""
+        self.total = total
+        if self._rich is not None:
+            self._rich.update(self._task, total=total)
+
     def advance(self, k: int = 1, note: str = "") -> None:
         """`note`: what the work so far amounts to, in words ("31 inputs kept")."""
         self.done += k

@@ -46,17 +46,20 @@ class GenerateSettings:
     placeholder_filter: bool
     system: Optional[str]
     topic_seeds: bool
+    min_kept: Optional[int]
+    max_rounds: int  # rounds planned: `rounds`, or up to twice as many while fewer than min_kept are kept
 
 
 def resolve_settings(ctx: Context) -> GenerateSettings:
     g, task = ctx.cfg.generate, ctx.task
     cls = task.kind == "classification"
     target = g.target_inputs or (400 if cls else 200)
+    rounds = math.ceil(target / g.prompts_per_round)
     window = length_window([len(e.input) for e in task.examples]) if g.length_filter else None
     upper_chars = window.high if window else max(len(e.input) for e in task.examples) * 2
     return GenerateSettings(
         target_inputs=target,
-        rounds=math.ceil(target / g.prompts_per_round),
+        rounds=rounds,
         prompts_per_round=g.prompts_per_round,
         temperature=g.temperature if g.temperature is not None else (0.6 if cls else 1.0),
         top_k=g.top_k,
@@ -71,6 +74,8 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         placeholder_filter=g.placeholder_filter and not placeholder_in_examples(task),
         system=prompts.INPUT_WRITER_SYSTEM if g.system_prompt == "writer" else None,
         topic_seeds=g.topic_seeds,
+        min_kept=g.min_kept,
+        max_rounds=2 * rounds if g.min_kept else rounds,
     )
 
 
@@ -83,11 +88,16 @@ def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
     d = {k: getattr(s, k) for k in s.__dataclass_fields__}
     d["window"] = [s.window.low, s.window.high] if s.window else None
     d["noise_terms"] = list(s.noise_terms)
+    if s.min_kept is None:  # off: the identity stays that of the stages made before the setting existed
+        del d["min_kept"], d["max_rounds"]
     return d
 
 
 def make_stage(ctx: Context) -> Stage:
-    settings = {"generate": to_dict(ctx.cfg.generate), "resolved": _settings_dict(resolve_settings(ctx))}
+    generate = to_dict(ctx.cfg.generate)
+    if generate["min_kept"] is None:
+        del generate["min_kept"]  # as in _settings_dict
+    settings = {"generate": generate, "resolved": _settings_dict(resolve_settings(ctx))}
     if ctx.cfg.generate.placeholder_filter and placeholder_in_examples(ctx.task):
         settings["resolved"]["placeholder_filter_off"] = "an example input has a bracketed slot"
     return ctx.open_stage(STAGE, settings, ctx.model_identity())
@@ -109,7 +119,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
         log.warning("generate[%s]: generate.placeholder_filter is off for this task: an example input has a bracketed "
                     "slot like [n], which the filter would reject (recorded in the stage's settings)", task.id)
     units = stage.units("candidates.jsonl", [[record_id(task.id, r, i) for i in range(s.prompts_per_round)]
-                                             for r in range(s.rounds)])
+                                             for r in range(s.max_rounds)])
     records = units.records
     done_rounds = units.done_count // s.prompts_per_round
     if done_rounds:
@@ -124,9 +134,15 @@ def run_generate(ctx: Context) -> dict[str, Any]:
             pool.append(r["input"])
             dedup.add(r["input"])
 
-    with ctx.progress.bar(f"generate {task.id}", s.rounds, "rounds") as bar:
+    with ctx.progress.bar(f"generate {task.id}", s.rounds if done_rounds <= s.rounds else s.max_rounds, "rounds") as bar:
         bar.resume(done_rounds)
         for rnd in units:
+            if rnd >= s.rounds and len(pool) >= (s.min_kept or 0):
+                break  # rounds are done in order, so a resumed run stops at the same round
+            if rnd == s.rounds:
+                bar.extend(s.max_rounds)
+                log.info("generate[%s]: %d inputs kept after %d rounds; going on until %d are kept (at most %d rounds)",
+                         task.id, len(pool), rnd, s.min_kept, s.max_rounds)
             rng = random.Random(derive_seed(ctx.cfg.seed, task.id, STAGE, rnd))
             drafts = [
                 prompts.sample_generation_prompt(task, pool, rng, s.max_pool_examples, s.label_conditioned,
