@@ -156,14 +156,17 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
     return row
 
 
-def _gated(ctx: Context, train_manifest: dict[str, Any]) -> dict[str, Any]:
-    """The do-no-harm gate's choice for this task (evaluate.gate=validation whatever the run says)."""
-    from selfguide.stages.gate import check_settings, run_gate
+def _gate_on(cfg: RunConfig) -> RunConfig:
+    """The config with evaluate.gate=validation, whatever the run says: the settings of `selfguide-gated`."""
+    return dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="validation"))
 
-    gctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, evaluate=dataclasses.replace(ctx.cfg.evaluate, gate="validation")))
-    check_settings(gctx)
-    gate = run_gate(gctx, train_manifest)
-    assert gate is not None  # the gate is on in gctx
+
+def _gated(ctx: Context, train_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The do-no-harm gate's choice for this task (its settings were checked by run_bench before any work)."""
+    from selfguide.stages.gate import run_gate
+
+    gate = run_gate(dataclasses.replace(ctx, cfg=_gate_on(ctx.cfg)), train_manifest)
+    assert gate is not None  # the gate is on
     return gate
 
 
@@ -187,9 +190,8 @@ def run_bench(
     if "selfguide-gated" in methods:  # every task's gate settings, before any work
         from selfguide.stages.gate import check_settings
 
-        gate_cfg = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="validation"))
         for spec in specs:
-            check_settings(Context(gate_cfg, spec, backend_factory=backend_factory))
+            check_settings(Context(_gate_on(cfg), spec, backend_factory=backend_factory))
     model = resolve_model(cfg.model.name).identity()
     rows: list[dict[str, Any]] = []
     pending: list[dict[str, str]] = []

@@ -131,9 +131,9 @@ def write(out: Path, data: dict[str, Any]) -> None:
         for r in gated_rows:
             d, g = r["delta"], r["delta_gated"]
             gd = f"{g['value']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]" if g else "-"
-            lines.append(f"| {r['task']} | {', '.join(f'{x:g}' for x in r['gate_scales'])} | "
-                         f"{d['value']:+.1f} | {gd} | {'yes' if g and g['ci_high'] < 0 else 'no'} |" if d else
-                         f"| {r['task']} | {', '.join(f'{x:g}' for x in r['gate_scales'])} | - | {gd} | - |")
+            ungated = f"{d['value']:+.1f}" if d else "-"
+            loss = ("yes" if g and g["ci_high"] < 0 else "no") if d else "-"
+            lines.append(f"| {r['task']} | {', '.join(f'{x:g}' for x in r['gate_scales'])} | {ungated} | {gd} | {loss} |")
         for kind, a in data["averages"].items():
             if "delta_gated" in a:
                 lines.append(f"\n{kind}: mean gated delta {a['delta_gated']:+.1f} (ungated {a['delta']:+.1f}); "

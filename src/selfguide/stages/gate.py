@@ -30,16 +30,23 @@ GATE_SPLIT = "validation"
 MIN_ITEMS = 20  # fewer validation items than this cannot tell three scales apart
 
 
+def _unreported_validation(ctx: Context) -> list[Instance]:
+    """The validation items the reported evaluation does not use (all of them when it reports on another split)."""
+    from selfguide.stages.evaluate import eval_items
+
+    items = ctx.task.split_items(GATE_SPLIT)
+    if ctx.cfg.evaluate.split != GATE_SPLIT:
+        return items
+    reported = {it.id for it in eval_items(ctx)}
+    return [it for it in items if it.id not in reported]
+
+
 def gate_items(ctx: Context) -> list[Instance]:
     """The validation items the gate scores on: evaluate.max_items of them, evenly spaced, and
     never one that the reported evaluation uses."""
-    from selfguide.stages.evaluate import eval_items, evenly_spaced
+    from selfguide.stages.evaluate import evenly_spaced
 
-    items = ctx.task.split_items(GATE_SPLIT)
-    if ctx.cfg.evaluate.split == GATE_SPLIT:
-        reported = {it.id for it in eval_items(ctx)}
-        items = [it for it in items if it.id not in reported]
-    return evenly_spaced(items, ctx.cfg.evaluate.max_items)
+    return evenly_spaced(_unreported_validation(ctx), ctx.cfg.evaluate.max_items)
 
 
 def check_settings(ctx: Context) -> None:
@@ -48,14 +55,12 @@ def check_settings(ctx: Context) -> None:
     if GATE_SPLIT not in ctx.task.splits:
         raise ConfigError(f"evaluate.gate=validation needs a validation split, and task {ctx.task.id} has none "
                           f"({ctx.task.source}); set evaluate.gate=off")
-    from selfguide.stages.evaluate import eval_items
-
-    total = len(ctx.task.split_items(GATE_SPLIT))
-    reported = len(eval_items(ctx)) if ctx.cfg.evaluate.split == GATE_SPLIT else 0
-    if total - reported < MIN_ITEMS:
+    total, left = len(ctx.task.split_items(GATE_SPLIT)), len(_unreported_validation(ctx))
+    reported = total - left
+    if left < MIN_ITEMS:
         if reported:
             raise ConfigError(f"evaluate.gate=validation with evaluate.split=validation: task {ctx.task.id} has {total} "
-                              f"validation items and the reported evaluation uses {reported}, which leaves {total - reported} for the gate "
+                              f"validation items and the reported evaluation uses {reported}, which leaves {left} for the gate "
                               f"(it needs {MIN_ITEMS}); "
                               + (f"set evaluate.max_items={total - MIN_ITEMS} or lower, or " if total > MIN_ITEMS else "")
                               + "report on another split (evaluate.split=test)")

@@ -47,19 +47,22 @@ class GenerateSettings:
     system: Optional[str]
     topic_seeds: bool
     min_kept: Optional[int]
-    max_rounds: int  # rounds planned: `rounds`, or up to twice as many while fewer than min_kept are kept
+
+    @property
+    def max_rounds(self) -> int:
+        """Rounds planned: `rounds`, or up to twice as many while fewer than min_kept are kept."""
+        return 2 * self.rounds if self.min_kept else self.rounds
 
 
 def resolve_settings(ctx: Context) -> GenerateSettings:
     g, task = ctx.cfg.generate, ctx.task
     cls = task.kind == "classification"
     target = g.target_inputs or (400 if cls else 200)
-    rounds = math.ceil(target / g.prompts_per_round)
     window = length_window([len(e.input) for e in task.examples]) if g.length_filter else None
     upper_chars = window.high if window else max(len(e.input) for e in task.examples) * 2
     return GenerateSettings(
         target_inputs=target,
-        rounds=rounds,
+        rounds=math.ceil(target / g.prompts_per_round),
         prompts_per_round=g.prompts_per_round,
         temperature=g.temperature if g.temperature is not None else (0.6 if cls else 1.0),
         top_k=g.top_k,
@@ -75,7 +78,6 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         system=prompts.INPUT_WRITER_SYSTEM if g.system_prompt == "writer" else None,
         topic_seeds=g.topic_seeds,
         min_kept=g.min_kept,
-        max_rounds=2 * rounds if g.min_kept else rounds,
     )
 
 
@@ -89,7 +91,7 @@ def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
     d["window"] = [s.window.low, s.window.high] if s.window else None
     d["noise_terms"] = list(s.noise_terms)
     if s.min_kept is None:  # off: the identity stays that of the stages made before the setting existed
-        del d["min_kept"], d["max_rounds"]
+        del d["min_kept"]
     return d
 
 
