@@ -71,7 +71,7 @@ def compare(arms: list[tuple[str, list[dict]]], only_dev: bool, allow_mixed: boo
     if not common:
         sys.exit("no task has a delta in every file; nothing to compare")
     kinds = sorted({runs[0][t][0] for runs in per_run for t in common})
-    lines = ["| arm | changed from the defaults | seeds | kind | tasks | mean delta | spread over seeds (min..max) | tasks with a gain | mean pairs |",
+    lines = ["| arm | preset; changed from it | seeds | kind | tasks | mean delta | spread over seeds (min..max) | tasks with a gain | mean pairs |",
              "|---|---|---:|---|---:|---:|---|---:|---:|"]
     for (name, runs), ds in zip(arms, per_run):
         changed = {k: v for k, v in runs[0].get("changed_from_defaults", {}).items() if k != "seed"}
@@ -84,7 +84,7 @@ def compare(arms: list[tuple[str, list[dict]]], only_dev: bool, allow_mixed: boo
             task_means = [statistics.fmean(d[t][1] for d in ds) for t in tasks]
             pairs = statistics.fmean(d[t][2] for d in ds for t in tasks)
             lines.append(
-                f"| {name} | {', '.join(f'{k}={v}' for k, v in changed.items()) or '-'} | {','.join(map(str, seeds))} | {kind} "
+                f"| {name} | {runs[0].get('preset', 'paper (before presets)')}; {', '.join(f'{k}={v}' for k, v in changed.items()) or '-'} | {','.join(map(str, seeds))} | {kind} "
                 f"| {len(tasks)} | {statistics.fmean(seed_means):+.2f} | {min(seed_means):+.2f}..{max(seed_means):+.2f} "
                 f"| {sum(m > 0 for m in task_means)} | {pairs:.0f} |"
             )

@@ -68,7 +68,7 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
     assert data["tasks"][0]["icl_shots"] >= 4
     # an arm of a comparison says what it changed
     assert data["changed_from_defaults"]["annotate.n"] == 2 and "run_dir" not in data["changed_from_defaults"]
-    assert "- changed from the defaults: " in md and "annotate.n=2" in md
+    assert "- preset: selfguide; changed from it: " in md and "annotate.n=2" in md and data["preset"] == "selfguide"
 
     # the funnel report reads the same run: its counts are the stage manifests' counts
     funnel = subprocess.run([sys.executable, str(ROOT / "bench" / "funnel.py"), str(Path(cfg.run_dir) / cfg.name),

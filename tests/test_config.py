@@ -63,3 +63,25 @@ def test_shipped_configs_validate():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_presets_layer_under_the_file_and_the_overrides(tmp_path):
+    from selfguide.config import PRESETS, flatten
+
+    assert load_config().preset == "selfguide" and load_config().evaluate.gate == "auto"
+    paper = load_config(overrides=["preset=paper"])
+    assert paper.evaluate.gate == "off"
+    # every entry of a preset changes a default: one that became the default again is dead
+    defaults = flatten(RunConfig())
+    for name, values in PRESETS.items():
+        assert all(defaults[k] != v for k, v in values.items()), name
+    # a file or --set still wins over the preset it names
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("preset: paper\nevaluate:\n  gate: validation\n")
+    assert load_config(cfg).evaluate.gate == "validation"
+    assert load_config(cfg, ["evaluate.gate=auto"]).evaluate.gate == "auto"
+    assert load_config(extra={"preset": "paper"}, overrides=["evaluate.gate=validation"]).evaluate.gate == "validation"
+    with pytest.raises(ConfigError, match="preset must be one of selfguide, paper; got 'papers'"):
+        load_config(overrides=["preset=papers"])
+    with pytest.raises(ConfigError, match="preset must be one of"):
+        load_config(overrides=["preset=[1]"])

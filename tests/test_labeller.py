@@ -4,6 +4,7 @@ the Self-Instruct ROUGE-L filter, training replay, the diagnosis and the multi-s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -345,6 +346,19 @@ def test_gate_settings_are_checked(run_dir):
         make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "evaluate.gate=validation"])
 
 
+def test_gate_auto_gates_where_it_can_and_says_why_where_it_cannot(run_dir, caplog):
+    from selfguide.stages.gate import gate_mode
+
+    task = NIV2 / "task1529.paper_prompt.json"  # 20 validation items
+    assert gate_mode(make_context(task, overrides=[f"run_dir={run_dir}"])) == (True, None)  # auto, the default
+    # reported on validation too, nothing is left for the gate: auto turns itself off (no error) and says why
+    on, why = gate_mode(make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.split=validation"]))
+    assert not on and "leaves 0 for the gate" in why and "unchecked" in why
+    on, why = gate_mode(make_context(EXAMPLE, overrides=[f"run_dir={run_dir}"]))
+    assert not on and "has no validation split" in why
+    assert gate_mode(make_context(task, overrides=[f"run_dir={run_dir}", "preset=paper"])) == (False, None)
+
+
 def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
     import selfguide
 
@@ -364,6 +378,9 @@ def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
     preds = {s: [r["prediction"] for r in read_records(res.run_dir / "evaluate" / s / "predictions.jsonl")]
              for s in ("prompt-fewshot", "selfguide")}
     assert gate["scale"] == 0.0 and preds["selfguide"] == preds["prompt-fewshot"]
+    # and the model the run hands over is the base model, not the finetuned one (the report says the same)
+    assert res.verdict["handed_over"].startswith(f"model: the base model ({tiny_model})") and "not recommended" in res.verdict["handed_over"]
+    assert res.verdict["handed_over"] in res.report.read_text()
 
 
 def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validation_items(run_dir, tiny_model, monkeypatch):
@@ -388,10 +405,20 @@ def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validatio
     assert summary["tasks"][0]["gate_scales"] == [row["gate"]["scale"]] and "delta_gated" in summary["averages"]["classification"]
     bench_seeds.write(run_dir / "seeds", summary)
     assert "| task1529 | " + f"{row['gate']['scale']:g} |" in (run_dir / "seeds.md").read_text()
-    # a bench that cannot gate one of its tasks says so before any work
+    # where the gate has no room: with evaluate.gate=validation a bench says so before any work...
     monkeypatch.setattr(gate, "MIN_ITEMS", 20)
+    strict = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="validation"))
     with pytest.raises(ConfigError, match="leaves 12 for the gate"):
-        bench.run_bench([str(NIV2 / "task1529.paper_prompt.json")], cfg, ["selfguide-gated"], run_dir / "out2")
+        bench.run_bench([str(NIV2 / "task1529.paper_prompt.json")], strict, ["selfguide-gated"], run_dir / "out2")
+    # ...and with auto, the default, the row reports the ungated model and says why
+    data = bench.run_bench([str(NIV2 / "task1529.paper_prompt.json")], dataclasses.replace(cfg, name="h-s42"),
+                           ["prompt-fewshot", "selfguide-gated"], run_dir / "out3", backend_factory=lambda: FakeBackend())
+    row = data["tasks"][0]
+    assert "leaves 12 for the gate" in row["gate"]["skipped"] and row["scores"]["selfguide-gated"] == row["scores"]["selfguide"]
+    summary = bench_seeds.summarize({42: data}, run_dir, "h", resamples=50)
+    assert summary["tasks"][0]["gate_scales"] == [None]
+    bench_seeds.write(run_dir / "seeds", summary)
+    assert "| task1529 | no room |" in (run_dir / "seeds.md").read_text()
 
 
 def test_a_bench_over_both_kinds_labels_each_with_what_fits(run_dir):

@@ -53,3 +53,27 @@ def test_missing_file_and_directory(tmp_path):
         load_task(tmp_path / "nope.yaml")
     with pytest.raises(TaskError, match="directory"):
         load_task(tmp_path)
+
+
+def test_a_user_task_can_hold_validation_items_for_the_gate(tmp_path, run_dir):
+    import yaml
+
+    from selfguide.pipeline import make_context
+    from selfguide.stages.gate import gate_mode
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["validation"] = [{"input": f"held-out text {i}", "output": data["labels"][i % 2]} for i in range(20)]
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = load_task(path)
+    assert len(spec.split_items("validation")) == 20 and len(spec.split_items("test")) == len(data["eval"])
+    assert not {i.id for i in spec.split_items("validation")} & {i.id for i in spec.split_items("test")}
+    assert gate_mode(make_context(path, overrides=[f"run_dir={run_dir}"])) == (True, None)  # auto gates it
+    data["validation"][0]["id"] = data["eval"][0]["id"] = "same"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TaskError, match="'same' is in both 'eval' and 'validation'"):
+        load_task(path)
+    data["validation"] = [{"input": "x", "output": "not-a-label"}]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TaskError, match=r"validation\[0\]\.output"):
+        load_task(path)

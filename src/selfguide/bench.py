@@ -150,24 +150,29 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         row["labeller"] = manifests["annotate"]["counts"].get("labeller", "vote")
     if "selfguide-gated" in results:
         row["delta_gated"] = verdict(ctx, system="selfguide-gated")["delta"]
-        row["gate"] = {k: gate[k] for k in ("scale", "scores", "items", "part")}
+        row["gate"] = {k: gate[k] for k in ("scale", "scores", "items", "part")} if gate else {"skipped": _gate_mode(ctx)[1]}
     if "icl-synthetic" in results:
         row["icl_shots"] = results["icl-synthetic"]["shots"]
     return row
 
 
 def _gate_on(cfg: RunConfig) -> RunConfig:
-    """The config with evaluate.gate=validation, whatever the run says: the settings of `selfguide-gated`."""
-    return dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="validation"))
+    """The settings of `selfguide-gated`: the gate as the run sets it when that is auto (tasks without room for it
+    report the ungated model), else evaluate.gate=validation, whatever the run says (every task must have room)."""
+    return dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="auto" if cfg.evaluate.gate == "auto" else "validation"))
 
 
-def _gated(ctx: Context, train_manifest: dict[str, Any]) -> dict[str, Any]:
-    """The do-no-harm gate's choice for this task (its settings were checked by run_bench before any work)."""
+def _gate_mode(ctx: Context) -> tuple[bool, Optional[str]]:
+    from selfguide.stages.gate import gate_mode
+
+    return gate_mode(dataclasses.replace(ctx, cfg=_gate_on(ctx.cfg)))
+
+
+def _gated(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The do-no-harm gate's choice for this task, None where auto found no room (settings checked by run_bench before any work)."""
     from selfguide.stages.gate import run_gate
 
-    gate = run_gate(dataclasses.replace(ctx, cfg=_gate_on(ctx.cfg)), train_manifest)
-    assert gate is not None  # the gate is on
-    return gate
+    return run_gate(dataclasses.replace(ctx, cfg=_gate_on(ctx.cfg)), train_manifest)
 
 
 def run_bench(
@@ -218,11 +223,11 @@ def run_bench(
 
 
 def changed_settings(cfg: RunConfig) -> dict[str, Any]:
-    """Every setting that differs from the defaults (run name and folder aside): an arm of a comparison says what it changed."""
-    from selfguide.config import flatten
+    """Every setting that differs from its preset's (run name and folder aside): an arm of a comparison says what it changed."""
+    from selfguide.config import flatten, load_config
 
-    default = flatten(RunConfig())
-    return {k: v for k, v in flatten(cfg).items() if k not in ("name", "run_dir") and v != default[k]}
+    default = flatten(load_config(extra={"preset": cfg.preset}))
+    return {k: v for k, v in flatten(cfg).items() if k not in ("name", "run_dir", "preset") and v != default[k]}
 
 
 def _mean(values: list[float]) -> Optional[float]:
@@ -273,7 +278,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str,
         "annotate.n": cfg.annotate.n, "annotate.label_source": cfg.annotate.label_source, "train.method": cfg.train.method,
         "train.epochs": cfg.train.epochs, "evaluate.max_items": cfg.evaluate.max_items, "model.backend": cfg.model.backend,
         "model.dtype": cfg.model.dtype},
-        "changed_from_defaults": changed_settings(cfg),
+        "preset": cfg.preset, "changed_from_defaults": changed_settings(cfg),
     }
     data = {**header, "tasks": rows, "pending": pending, "averages": averages}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -328,11 +333,13 @@ def _markdown(data: dict[str, Any], png: str) -> str:
         "the code that made every row)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),
         "- settings: " + ", ".join(f"{k}={v}" for k, v in data["settings"].items()),
-        "- changed from the defaults: " + (", ".join(f"{k}={v}" for k, v in data.get("changed_from_defaults", {}).items()) or "nothing"),
+        f"- preset: {data.get('preset', 'paper (made before presets existed)')}; changed from it: "
+        + (", ".join(f"{k}={v}" for k, v in data.get("changed_from_defaults", {}).items()) or "nothing"),
         "- deviations from the paper (Vicuna-7B, full finetuning, GPU): a 135M model on CPU; LoRA r=16 instead of full "
         "finetuning; the model's chat template instead of a Vicuna text prompt; decoding stops at the end-of-turn token; "
         "NIv2-official metrics lead (the paper's last-label EM / char-LCS are in the JSON); everything else at the paper's "
-        "settings (400/200 raw inputs, 10 votes at T=0.2, 3 epochs, seed 42); see README 'Configuration'",
+        "settings (400/200 raw inputs, 10 votes at T=0.2, 3 epochs, seed 42) unless the preset or the line above changes it; "
+        "see README 'Configuration'",
         "- minutes = compute time of every stage a task's row rests on, summed from the stage manifests (reused stages count)",
         "", "Scores in points (0-100) on each task's primary metric (exact match for classification, ROUGE-L for generation).",
         "Delta = selfguide - prompt-fewshot with a paired bootstrap 95% CI over items.", "",

@@ -66,7 +66,8 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
                "delta": pooled_delta([run_root / seed_name(name, s) for s in seeds], task, metric, resamples, seeds[0])}
         if "selfguide-gated" in methods:
             gated = [by_seed[s]["delta_gated"]["value"] for s in seeds if by_seed[s].get("delta_gated")]
-            row["gate_scales"] = [by_seed[s]["gate"]["scale"] for s in seeds if by_seed[s].get("gate")]
+            # None: auto found no room for the gate on this task (the ungated model is reported)
+            row["gate_scales"] = [by_seed[s]["gate"].get("scale") for s in seeds if by_seed[s].get("gate")]
             row["delta_gated_per_seed"] = gated
             row["delta_gated"] = pooled_delta([run_root / seed_name(name, s) for s in seeds], task, metric, resamples,
                                               seeds[0], "selfguide-gated")
@@ -90,6 +91,7 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
             averages[kind]["delta_gated"] = round(sum(d["value"] for d in gated) / len(gated), 2)
             averages[kind]["significant_losses_gated"] = sum(1 for d in gated if d["ci_high"] < 0)
     header = {k: first[k] for k in ("model", "split", "metric_mode", "cpu_flags", "machine", "versions", "changed_from_defaults")}
+    header["preset"] = first.get("preset", "paper (made before presets existed)")
     return {**header, "seeds": seeds, "methods": methods, "tasks": rows, "averages": averages,
             "numerics_version": sorted({v for r in rows for v in r["numerics"]})}
 
@@ -101,7 +103,8 @@ def write(out: Path, data: dict[str, Any]) -> None:
         f"# NIv2 benchmark over seeds {', '.join(map(str, seeds))}: {m['name']}", "",
         f"- model: {m['name']} (sha256 `{m['sha256'][:16]}`); split `{data['split']}`; metric mode {data['metric_mode']}",
         f"- CPU flags: {', '.join(data.get('cpu_flags') or ['none read'])}; numerics version {', '.join(map(str, data['numerics_version']))}",
-        "- changed from the defaults: " + (", ".join(f"{k}={v}" for k, v in data.get("changed_from_defaults", {}).items() if k != "seed") or "nothing"),
+        f"- preset: {data.get('preset', 'paper (made before presets existed)')}; changed from it: "
+        + (", ".join(f"{k}={v}" for k, v in data.get("changed_from_defaults", {}).items() if k != "seed") or "nothing"),
         "- cells: mean over seeds [lowest, highest]; delta = selfguide - prompt-fewshot per item averaged over seeds, "
         "paired bootstrap 95% CI over items; `+seeds` = seeds on which the gain was positive", "",
         "| task | kind | " + " | ".join(methods) + " | delta [95% CI] | +seeds |",
@@ -133,7 +136,7 @@ def write(out: Path, data: dict[str, Any]) -> None:
             gd = f"{g['value']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]" if g else "-"
             ungated = f"{d['value']:+.1f}" if d else "-"
             loss = ("yes" if g and g["ci_high"] < 0 else "no") if d else "-"
-            lines.append(f"| {r['task']} | {', '.join(f'{x:g}' for x in r['gate_scales'])} | {ungated} | {gd} | {loss} |")
+            lines.append(f"| {r['task']} | {', '.join('no room' if x is None else f'{x:g}' for x in r['gate_scales'])} | {ungated} | {gd} | {loss} |")
         for kind, a in data["averages"].items():
             if "delta_gated" in a:
                 lines.append(f"\n{kind}: mean gated delta {a['delta_gated']:+.1f} (ungated {a['delta']:+.1f}); "

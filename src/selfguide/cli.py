@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import click
 
+from selfguide.config import PRESETS
 from selfguide.errors import SelfGuideError
 
 log = logging.getLogger("selfguide")
@@ -61,6 +62,8 @@ def run_options(f: Any = None, *, task_required: bool = True) -> Any:
     """Options shared by every stage command (config, overrides, run folder)."""
     if f is None:
         return lambda g: run_options(g, task_required=task_required)
+    f = click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
+                     help="Method settings: selfguide (the defaults, chosen on the development tasks) or paper (Zhao et al.'s).")(f)
     f = click.option("--force", is_flag=True, help="Redo stages whose saved results were made with other settings.")(f)
     f = click.option("--name", default=None, help="Run name: results go to RUN_DIR/NAME/TASK_ID/ (default: default).")(f)
     f = click.option("--run-dir", default=None, help="Folder that holds runs (default: runs).")(f)
@@ -74,11 +77,14 @@ def run_options(f: Any = None, *, task_required: bool = True) -> Any:
 
 def _context(task_file: str, config_path: Optional[str] = None, overrides: tuple[str, ...] = (), model: Optional[str] = None,
              backend: Optional[str] = None, run_dir: Optional[str] = None, name: Optional[str] = None, force: bool = False,
-             preset: Optional[dict[str, Any]] = None) -> Any:
-    """Build the run context from the options every stage command shares (see run_options)."""
+             preset: Optional[str] = None, sizes: Optional[dict[str, Any]] = None) -> Any:
+    """Build the run context from the options every stage command shares (see run_options);
+    `sizes` is --quick's QUICK_PRESET."""
     from selfguide.pipeline import make_context
 
-    extra: dict[str, Any] = dict(preset or {})
+    extra: dict[str, Any] = dict(sizes or {})
+    if preset:
+        extra["preset"] = preset
     if model:
         extra["model.name"] = model
     if backend:
@@ -373,7 +379,7 @@ def run_cmd(quick: bool, **opts: Any) -> None:
     from selfguide.config import QUICK_PRESET
     from selfguide.pipeline import run, synthesis_summary
 
-    ctx = _context(**opts, preset=QUICK_PRESET if quick else None)
+    ctx = _context(**opts, sizes=QUICK_PRESET if quick else None)
     result = run(ctx.task, ctx=ctx)
     v = result.verdict
     _funnel_table(f"synthesis funnel {ctx.task.id}", result.manifests["generate"]["funnel"] + result.manifests["annotate"]["funnel"][1:])
@@ -384,7 +390,7 @@ def run_cmd(quick: bool, **opts: Any) -> None:
     click.echo(v["sentence"])
     if v.get("diagnosis"):
         click.echo(v["diagnosis"]["line"])
-    click.echo(f"finetuned model: {result.manifests['train']['model_dir']}")
+    click.echo(v["handed_over"])
     click.echo(f"report: {result.report}")
     click.echo(f"verdict: {ctx.task_dir / 'verdict.json'}")
     click.echo(next_step(v, opts["task_file"], quick))
@@ -422,8 +428,11 @@ def next_step(v: dict[str, Any], task_file: str, quick: bool) -> str:
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results file stem (default docs/benchmarks/niv2-<model>).")
 @click.option("--reuse-from", default=None, metavar="NAME",
               help="Another run's name: copy its finished stages wherever this run's settings leave them unchanged.")
+@click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
+              help="Method settings: selfguide (the defaults, chosen on the development tasks) or paper (Zhao et al.'s).")
 def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
-          split: Optional[str], methods: str, seeds: Optional[str], name: str, out: Optional[str], reuse_from: Optional[str]) -> None:
+          split: Optional[str], methods: str, seeds: Optional[str], name: str, out: Optional[str], reuse_from: Optional[str],
+          preset: Optional[str]) -> None:
     """Benchmark methods over many tasks (a folder such as ../shared/niv2, or files), resumably."""
     import re
 
@@ -432,6 +441,8 @@ def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[s
     from selfguide.models import resolve_model
 
     extra: dict[str, Any] = {"name": name}
+    if preset:
+        extra["preset"] = preset
     if model:
         extra["model.name"] = model
     if split:

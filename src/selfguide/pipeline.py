@@ -113,7 +113,7 @@ def run(
     from selfguide.config import QUICK_PRESET
     from selfguide.report import write_report
     from selfguide.stages.diagnose import diagnose
-    from selfguide.stages.gate import gated_train_manifest, run_gate
+    from selfguide.stages.gate import gate_mode, gated_train_manifest, handed_over, run_gate
     from selfguide.stages.evaluate import evaluate_baselines, evaluate_trained, has_eval_items, no_items_line, no_verdict
     from selfguide.stages.evaluate import verdict as compute_verdict
     from selfguide.stages.train import run_train, write_model_card
@@ -154,8 +154,12 @@ def run(
         if gate:
             v["gate"] = gate
             v["sentence"] += f"; {gate['sentence']}"
+        elif (why_not := gate_mode(ctx)[1]):
+            v["gate_skipped"] = why_not
     else:
+        gate = None
         v = no_verdict(ctx)
+    v["handed_over"] = handed_over(manifests["train"], gate)
     v["model"] = manifests["generate"]["inputs"]["model"]
     v["diagnosis"] = diagnosis
     evaluations = [*manifests["baselines"].items(), *([("selfguide", manifests["selfguide"])] if labelled else [])]

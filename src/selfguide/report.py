@@ -119,7 +119,8 @@ def write_report(ctx: Context, manifests: dict[str, Any], verdict: dict[str, Any
         (f"- evaluation: split `{verdict['split']}`, {verdict['n_items']} items, greedy decoding; primary metric "
          f"{METRIC_NAMES.get(verdict['metric'], verdict['metric'])}" if verdict["n_items"] else
          f"- evaluation: none (no labelled items in split `{verdict['split']}`)"),
-        f"- finetuned model: `{manifests['train']['model_dir']}` (merged safetensors, tokenizer, model card)",
+        f"- {verdict['handed_over']}",
+        *([f"- {verdict['gate_skipped']}"] if verdict.get("gate_skipped") else []),
         f"- training: {t.method}, {t.epochs} epochs, seed {ctx.cfg.seed}; "
         f"{training_data_words(manifests['train']['counts'])}",
         f"- config: `{ctx.task_dir / 'config.yaml'}`",

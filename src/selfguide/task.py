@@ -30,7 +30,7 @@ MAX_INFERRED_LABELS = 10
 # ...and every one of them is short (labels are words, not sentences).
 MAX_INFERRED_LABEL_CHARS = 40
 
-USER_KEYS = ("id", "instruction", "examples", "kind", "labels", "eval", "noise_terms")
+USER_KEYS = ("id", "instruction", "examples", "kind", "labels", "eval", "validation", "noise_terms")
 KINDS = ("classification", "generation")
 SPLITS = ("test", "validation", "test_small", "all")
 
@@ -310,30 +310,37 @@ def _from_user(path: Path, data: dict[str, Any]) -> TaskSpec:
     ids = tuple(i.id for i in instances)
     # The eval list is the user's test set; test_small is its first 200 items, as for NIv2 tasks.
     splits = {"test": ids, "test_small": ids[:200]} if instances else {}
-    return TaskSpec(tid, instruction, examples, kind, labels, _metric_for(kind), instances, splits,
+    # An optional validation list is what the do-no-harm gate chooses on (never reported by default).
+    held = _eval_items(path, data.get("validation"), tid, labels, "validation")
+    if held:
+        clash = sorted({i.id for i in held} & set(ids))
+        if clash:
+            raise TaskError(f"{path}: id '{clash[0]}' is in both 'eval' and 'validation'; an item belongs to one of them")
+        splits = {"test": ids, "test_small": ids[:200], "validation": tuple(i.id for i in held)}
+    return TaskSpec(tid, instruction, examples, kind, labels, _metric_for(kind), instances + held, splits,
                     noise_terms, str(path), "user")
 
 
-def _eval_items(path: Path, value: Any, tid: str, labels: Optional[tuple[str, ...]]) -> tuple[Instance, ...]:
+def _eval_items(path: Path, value: Any, tid: str, labels: Optional[tuple[str, ...]], name: str = "eval") -> tuple[Instance, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise TaskError(f"{path}: field 'eval' must be a list of {{input, output}} items")
+        raise TaskError(f"{path}: field '{name}' must be a list of {{input, output}} items")
     out = []
     for i, item in enumerate(value):
-        where = f"eval[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(item, dict) or "input" not in item or "output" not in item:
             raise TaskError(f"{path}: field '{where}' must be a mapping with 'input' and 'output'")
         extra = sorted(set(item) - {"id", "input", "output"})
         if extra:
-            raise TaskError(f"{path}: field '{where}' has unknown key '{extra[0]}'; an eval item has id, input, output")
+            raise TaskError(f"{path}: field '{where}' has unknown key '{extra[0]}'; an {name} item has id, input, output")
         outputs = item["output"] if isinstance(item["output"], list) else [item["output"]]
         if not outputs:
             raise TaskError(f"{path}: field '{where}.output' is an empty list; give at least one reference")
         refs = tuple(_text(path, f"{where}.output", o).strip() for o in outputs)
         if labels and refs[0] not in labels:
             raise TaskError(f"{path}: field '{where}.output' is '{refs[0][:40]}', not one of the labels; fix it or the labels")
-        iid = str(item.get("id") or f"{tid}-eval-{i:05d}")
+        iid = str(item.get("id") or f"{tid}-{'eval' if name == 'eval' else 'val'}-{i:05d}")
         out.append(Instance(iid, _text(path, f"{where}.input", item["input"]).strip(), refs))
     return tuple(out)
 

@@ -15,6 +15,8 @@ CLASSIFICATION = '''\
 #   examples:     2 or more input/output pairs; about 3 is typical (the model writes new inputs in their style)
 #   eval:         optional labelled items used ONLY to measure prompting vs the finetuned model (never for training);
 #                 without them `selfguide run` still synthesises, trains and exports the model, but gives no verdict
+#   validation:   optional, 20 or more labelled items (not the eval ones) on which the do-no-harm gate checks the
+#                 finetuning and keeps the base model when finetuning did not beat prompting
 # Check it with: selfguide task check {file}      Run it with: selfguide run {file} --quick
 id: {id}
 instruction: Decide whether the movie review is positive or negative.
@@ -40,6 +42,8 @@ GENERATION = '''\
 #   eval:         optional labelled items used ONLY to measure prompting vs the finetuned model (never for training);
 #                 an output may be a list of acceptable references; without eval items `selfguide run` still
 #                 synthesises, trains and exports the model, but gives no verdict
+#   validation:   optional, 20 or more labelled items (not the eval ones) on which the do-no-harm gate checks the
+#                 finetuning and keeps the base model when finetuning did not beat prompting
 # Check it with: selfguide task check {file}      Run it with: selfguide run {file} --quick
 id: {id}
 instruction: Rewrite the sentence so that it is polite.

@@ -1,6 +1,7 @@
 """Do no harm: after training, keep only as much of the finetuning as beats prompting on validation.
 
-A model that teaches itself from its own labels can get worse. With `evaluate.gate=validation`,
+A model that teaches itself from its own labels can get worse. With `evaluate.gate=validation`
+(or `auto`, the default, on every task whose validation split has room for it),
 the trained weights W1 are blended with the base weights W0 as W0 + a (W1 - W0) for a in
 {0, 0.5, 1} (for a LoRA run that is the merged adapter scaled by a; a = 0 is the base model), each
 is scored with the few-shot prompt on the task's `validation` split, and the best scale is kept
@@ -49,23 +50,45 @@ def gate_items(ctx: Context) -> list[Instance]:
     return evenly_spaced(_unreported_validation(ctx), ctx.cfg.evaluate.max_items)
 
 
-def check_settings(ctx: Context) -> None:
+def _cannot_gate(ctx: Context) -> Optional[str]:
+    """Why this task's validation split cannot gate (None when it can)."""
+    if GATE_SPLIT not in ctx.task.splits:
+        return f"task {ctx.task.id} has no validation split ({ctx.task.source})"
+    total, left = len(ctx.task.split_items(GATE_SPLIT)), len(_unreported_validation(ctx))
+    if left >= MIN_ITEMS:
+        return None
+    reported = total - left
+    if reported:
+        return (f"task {ctx.task.id} has {total} validation items and the reported evaluation uses {reported}, which leaves "
+                f"{left} for the gate (it needs {MIN_ITEMS})")
+    return f"task {ctx.task.id} has {total} validation items, and the gate needs {MIN_ITEMS} ({ctx.task.source})"
+
+
+def gate_mode(ctx: Context) -> tuple[bool, Optional[str]]:
+    """(on, why not): auto gates wherever the task can, validation always (check_settings refused the rest)."""
     if ctx.cfg.evaluate.gate == "off":
+        return False, None
+    why = _cannot_gate(ctx)
+    if why and ctx.cfg.evaluate.gate == "auto":
+        return False, (f"no do-no-harm gate: {why}; the finetuned model is handed over unchecked "
+                       f"(add {MIN_ITEMS}+ `validation:` items to the task file to let selfguide check it)")
+    return True, None
+
+
+def check_settings(ctx: Context) -> None:
+    if ctx.cfg.evaluate.gate != "validation":
+        return  # off, or auto: it turns itself off where it cannot gate, and says so
+    why = _cannot_gate(ctx)
+    if why is None:
         return
     if GATE_SPLIT not in ctx.task.splits:
-        raise ConfigError(f"evaluate.gate=validation needs a validation split, and task {ctx.task.id} has none "
-                          f"({ctx.task.source}); set evaluate.gate=off")
+        raise ConfigError(f"evaluate.gate=validation needs a validation split, and {why}; set evaluate.gate=auto or off")
     total, left = len(ctx.task.split_items(GATE_SPLIT)), len(_unreported_validation(ctx))
-    reported = total - left
-    if left < MIN_ITEMS:
-        if reported:
-            raise ConfigError(f"evaluate.gate=validation with evaluate.split=validation: task {ctx.task.id} has {total} "
-                              f"validation items and the reported evaluation uses {reported}, which leaves {left} for the gate "
-                              f"(it needs {MIN_ITEMS}); "
-                              + (f"set evaluate.max_items={total - MIN_ITEMS} or lower, or " if total > MIN_ITEMS else "")
-                              + "report on another split (evaluate.split=test)")
-        raise ConfigError(f"evaluate.gate=validation: task {ctx.task.id} has {total} validation items, and the gate needs "
-                          f"{MIN_ITEMS} ({ctx.task.source}); set evaluate.gate=off")
+    if total - left:
+        raise ConfigError(f"evaluate.gate=validation with evaluate.split=validation: {why}; "
+                          + (f"set evaluate.max_items={total - MIN_ITEMS} or lower, or " if total > MIN_ITEMS else "")
+                          + "report on another split (evaluate.split=test)")
+    raise ConfigError(f"evaluate.gate=validation: {why}; set evaluate.gate=auto or off")
 
 
 def interpolate(base_dir: Path, tuned_dir: Path, scale: float, out_dir: Path) -> Path:
@@ -115,7 +138,10 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
     from selfguide.stages.evaluate import base_backend_factory, base_identity, model_factory, primary_metric, run_evaluate
     from selfguide.stages.evaluate import trained_identity
 
-    if ctx.cfg.evaluate.gate == "off":
+    on, why_not = gate_mode(ctx)
+    if not on:
+        if why_not:
+            log.info("gate[%s]: %s", ctx.task.id, why_not)
         return None
     started = time.time()
     vctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, evaluate=dataclasses.replace(ctx.cfg.evaluate, split=GATE_SPLIT)))
@@ -165,6 +191,19 @@ def gated_train_manifest(train_manifest: dict[str, Any], gate: Optional[dict[str
     if not gate:
         return train_manifest
     return {**train_manifest, "model_dir": gate["model_dir"], "gate_scale": gate["scale"]}
+
+
+def handed_over(train_manifest: dict[str, Any], gate: Optional[dict[str, Any]]) -> str:
+    """One line saying which model a run hands over: the gate's choice, or the finetuned model."""
+    tuned = train_manifest["model_dir"]
+    if not gate:
+        return f"finetuned model: {tuned} (merged safetensors, tokenizer, model card)"
+    if gate["scale"] == 0.0:
+        return (f"model: the base model ({gate['model_dir']}), which the gate kept because finetuning did not beat prompting "
+                f"on validation; the finetuned weights, not recommended: {tuned}")
+    if gate["scale"] == 1.0:
+        return f"finetuned model: {tuned} (the gate kept it at full scale)"
+    return f"model: {gate['model_dir']} (the finetuning at scale {gate['scale']:g}, the gate's choice on validation)"
 
 
 def read_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, Any]]:
