@@ -58,12 +58,16 @@ def cli(verbose: int) -> None:
     setup_console(verbose)
 
 
+PRESET_OPTION = click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
+                             help="Method settings: selfguide (the defaults, chosen on the development tasks) or paper "
+                             "(Zhao et al.'s).")
+
+
 def run_options(f: Any = None, *, task_required: bool = True) -> Any:
     """Options shared by every stage command (config, overrides, run folder)."""
     if f is None:
         return lambda g: run_options(g, task_required=task_required)
-    f = click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
-                     help="Method settings: selfguide (the defaults, chosen on the development tasks) or paper (Zhao et al.'s).")(f)
+    f = PRESET_OPTION(f)
     f = click.option("--force", is_flag=True, help="Redo stages whose saved results were made with other settings.")(f)
     f = click.option("--name", default=None, help="Run name: results go to RUN_DIR/NAME/TASK_ID/ (default: default).")(f)
     f = click.option("--run-dir", default=None, help="Folder that holds runs (default: runs).")(f)
@@ -428,8 +432,7 @@ def next_step(v: dict[str, Any], task_file: str, quick: bool) -> str:
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results file stem (default docs/benchmarks/niv2-<model>).")
 @click.option("--reuse-from", default=None, metavar="NAME",
               help="Another run's name: copy its finished stages wherever this run's settings leave them unchanged.")
-@click.option("--preset", default=None, type=click.Choice(sorted(PRESETS)),
-              help="Method settings: selfguide (the defaults, chosen on the development tasks) or paper (Zhao et al.'s).")
+@PRESET_OPTION
 def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
           split: Optional[str], methods: str, seeds: Optional[str], name: str, out: Optional[str], reuse_from: Optional[str],
           preset: Optional[str]) -> None:

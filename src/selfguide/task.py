@@ -309,14 +309,14 @@ def _from_user(path: Path, data: dict[str, Any]) -> TaskSpec:
     instances = _eval_items(path, data.get("eval"), tid, labels)
     ids = tuple(i.id for i in instances)
     # The eval list is the user's test set; test_small is its first 200 items, as for NIv2 tasks.
-    splits = {"test": ids, "test_small": ids[:200]} if instances else {}
     # An optional validation list is what the do-no-harm gate chooses on (never reported by default).
     held = _eval_items(path, data.get("validation"), tid, labels, "validation")
+    clash = sorted({i.id for i in held} & set(ids))
+    if clash:
+        raise TaskError(f"{path}: id '{clash[0]}' is in both 'eval' and 'validation'; an item belongs to one of them")
+    splits = {"test": ids, "test_small": ids[:200]} if instances or held else {}
     if held:
-        clash = sorted({i.id for i in held} & set(ids))
-        if clash:
-            raise TaskError(f"{path}: id '{clash[0]}' is in both 'eval' and 'validation'; an item belongs to one of them")
-        splits = {"test": ids, "test_small": ids[:200], "validation": tuple(i.id for i in held)}
+        splits["validation"] = tuple(i.id for i in held)
     return TaskSpec(tid, instruction, examples, kind, labels, _metric_for(kind), instances + held, splits,
                     noise_terms, str(path), "user")
 

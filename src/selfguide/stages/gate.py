@@ -50,27 +50,31 @@ def gate_items(ctx: Context) -> list[Instance]:
     return evenly_spaced(_unreported_validation(ctx), ctx.cfg.evaluate.max_items)
 
 
-def _cannot_gate(ctx: Context) -> Optional[str]:
-    """Why this task's validation split cannot gate (None when it can)."""
+def _cannot_gate(ctx: Context) -> Optional[tuple[str, str]]:
+    """(why, the fix evaluate.gate=validation needs) when this task's validation split cannot gate; None when it can."""
     if GATE_SPLIT not in ctx.task.splits:
-        return f"task {ctx.task.id} has no validation split ({ctx.task.source})"
+        return (f"task {ctx.task.id} has no validation split ({ctx.task.source})",
+                "the gate needs a validation split; set evaluate.gate=auto or off")
     total, left = len(ctx.task.split_items(GATE_SPLIT)), len(_unreported_validation(ctx))
     if left >= MIN_ITEMS:
         return None
     reported = total - left
     if reported:
-        return (f"task {ctx.task.id} has {total} validation items and the reported evaluation uses {reported}, which leaves "
-                f"{left} for the gate (it needs {MIN_ITEMS})")
-    return f"task {ctx.task.id} has {total} validation items, and the gate needs {MIN_ITEMS} ({ctx.task.source})"
+        return (f"task {ctx.task.id} has {total} validation items and the reported evaluation (evaluate.split=validation) "
+                f"uses {reported}, which leaves {left} for the gate (it needs {MIN_ITEMS})",
+                (f"set evaluate.max_items={total - MIN_ITEMS} or lower, or " if total > MIN_ITEMS else "")
+                + "report on another split (evaluate.split=test)")
+    return (f"task {ctx.task.id} has {total} validation items, and the gate needs {MIN_ITEMS} ({ctx.task.source})",
+            "set evaluate.gate=auto or off")
 
 
 def gate_mode(ctx: Context) -> tuple[bool, Optional[str]]:
     """(on, why not): auto gates wherever the task can, validation always (check_settings refused the rest)."""
     if ctx.cfg.evaluate.gate == "off":
         return False, None
-    why = _cannot_gate(ctx)
-    if why and ctx.cfg.evaluate.gate == "auto":
-        return False, (f"no do-no-harm gate: {why}; the finetuned model is handed over unchecked "
+    cannot = _cannot_gate(ctx)
+    if cannot and ctx.cfg.evaluate.gate == "auto":
+        return False, (f"no do-no-harm gate: {cannot[0]}; the finetuned model is handed over unchecked "
                        f"(add {MIN_ITEMS}+ `validation:` items to the task file to let selfguide check it)")
     return True, None
 
@@ -78,17 +82,9 @@ def gate_mode(ctx: Context) -> tuple[bool, Optional[str]]:
 def check_settings(ctx: Context) -> None:
     if ctx.cfg.evaluate.gate != "validation":
         return  # off, or auto: it turns itself off where it cannot gate, and says so
-    why = _cannot_gate(ctx)
-    if why is None:
-        return
-    if GATE_SPLIT not in ctx.task.splits:
-        raise ConfigError(f"evaluate.gate=validation needs a validation split, and {why}; set evaluate.gate=auto or off")
-    total, left = len(ctx.task.split_items(GATE_SPLIT)), len(_unreported_validation(ctx))
-    if total - left:
-        raise ConfigError(f"evaluate.gate=validation with evaluate.split=validation: {why}; "
-                          + (f"set evaluate.max_items={total - MIN_ITEMS} or lower, or " if total > MIN_ITEMS else "")
-                          + "report on another split (evaluate.split=test)")
-    raise ConfigError(f"evaluate.gate=validation: {why}; set evaluate.gate=auto or off")
+    cannot = _cannot_gate(ctx)
+    if cannot:
+        raise ConfigError(f"evaluate.gate=validation: {cannot[0]}; {cannot[1]}")
 
 
 def interpolate(base_dir: Path, tuned_dir: Path, scale: float, out_dir: Path) -> Path:
