@@ -69,8 +69,11 @@ def test_presets_layer_under_the_file_and_the_overrides(tmp_path):
     from selfguide.config import PRESETS, flatten
 
     assert load_config().preset == "selfguide" and load_config().evaluate.gate == "auto"
+    default = load_config().annotate
+    assert (default.labeller, default.calibration, default.balance_by) == ("auto", "content-free", "confidence")
     paper = load_config(overrides=["preset=paper"])
     assert paper.evaluate.gate == "off"
+    assert (paper.annotate.labeller, paper.annotate.calibration, paper.annotate.balance_by) == ("vote", "none", "random")
     # every entry of a preset changes a default: one that became the default again is dead
     defaults = flatten(RunConfig())
     for name, values in PRESETS.items():

@@ -163,7 +163,7 @@ def test_annotation_samples_cut_by_the_token_limit_are_rejected(tmp_path):
             return FakeBackend()._default(prompt, seed)
         return "entails" if i % 2 else "entails " + "and so on " * 50  # a run-on answer the budget cuts
 
-    ctx = fake_ctx(tmp_path, backend=FakeBackend(script=script), overrides=["annotate.n=4"])
+    ctx = fake_ctx(tmp_path, backend=FakeBackend(script=script), overrides=["annotate.labeller=vote", "annotate.n=4"])
     m = synthesize(ctx)["annotate"]
     assert m["counts"]["samples_rejected"]["cut_at_max_tokens"] == m["counts"]["samples"] // 2
     rec = read_records(ctx.stage_dir("annotate") / "annotations.jsonl")[0]

@@ -187,9 +187,14 @@ def test_scored_annotation_and_reselection_without_rescoring(run_dir):
 def test_score_settings_are_checked_before_any_work(run_dir):
     with pytest.raises(ConfigError, match="generation task"):
         ctx_for(run_dir, task=NIV2 / "task1562.paper_prompt.json")
-    with pytest.raises(ConfigError, match="labeller=score"):
-        make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "annotate.calibration=batch"])
+    with pytest.raises(ConfigError, match="annotate.labeller=vote does not use"):
+        make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "annotate.labeller=vote", "annotate.calibration=batch"])
+    with pytest.raises(ConfigError, match="annotate.labeller=mbr does not use"):
+        make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "preset=paper", "annotate.labeller=mbr",
+                                         "annotate.min_margin=0.2"])
     assert not run_dir.exists()
+    # the preset's own calibration is not an error for the vote: it is just not used
+    assert make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "annotate.labeller=vote"]).cfg.annotate.calibration == "content-free"
 
 
 def test_balance_by_confidence_keeps_the_surest():
@@ -431,3 +436,30 @@ def test_a_bench_over_both_kinds_labels_each_with_what_fits(run_dir):
     cls = Context(cfg, load_task(EXAMPLE), backend_factory=lambda: FakeBackend())
     assert synthesize(gen)["annotate"]["counts"]["labeller"] == "vote"
     assert synthesize(cls)["annotate"]["counts"]["labeller"] == "score"
+
+
+def test_auto_labeller_scores_labels_and_votes_on_free_text(run_dir):
+    """The default labeller: scored on a label set, the vote on free text; its identity is the resolved
+    labeller's, so an explicit choice of the same labeller reuses the stage and the other does not."""
+    from selfguide.stages import annotate
+
+    def stage_of(task, *overrides):
+        name = f"r{len(list(run_dir.glob('r*')))}" if run_dir.exists() else "r0"
+        ctx = make_context(task, overrides=[f"run_dir={run_dir}", f"name={name}", "generate.target_inputs=8",
+                                            "annotate.n=2", *overrides],
+                           backend_factory=lambda: FakeBackend())
+        synthesize(ctx)
+        return ctx, annotate.make_stage(ctx)
+
+    gen_task = NIV2 / "task1562.paper_prompt.json"
+    cls, cls_stage = stage_of(EXAMPLE)
+    assert annotate.labeller(cls) == "score" and cls_stage.config["annotate"]["labeller"] == "score"
+    _, explicit = stage_of(EXAMPLE, "annotate.labeller=score")
+    assert explicit.config == cls_stage.config
+    gen, gen_stage = stage_of(gen_task)
+    assert annotate.labeller(gen) == "vote"
+    # the vote reads no calibration: the default preset's content-free and the paper's none label alike
+    _, paper_gen = stage_of(gen_task, "preset=paper")
+    assert "calibration" not in gen_stage.config["annotate"] and paper_gen.config == gen_stage.config
+    _, paper_cls = stage_of(EXAMPLE, "preset=paper")
+    assert paper_cls.config["annotate"]["labeller"] == "vote" and paper_cls.config != cls_stage.config

@@ -73,16 +73,24 @@ class Interrupting(FakeBackend):
             raise KeyboardInterrupt
         return super().generate(prompts, **kw)
 
+    def score(self, prompts, continuations):
+        if len(self.calls) >= self.after:
+            raise KeyboardInterrupt
+        return super().score(prompts, continuations)
 
-@pytest.mark.parametrize("after_calls", [0, 1, 2, 3, 5, 6])
-def test_resume_after_interrupt_gives_identical_records(tmp_path, after_calls):
-    ref = ctx_for(tmp_path / "ref")
+
+# generation takes calls 0-2 (3 rounds); the vote samples chunks of inputs from call 3, the scored
+# labeller scores each chunk once per demonstration order (6 calls a chunk)
+@pytest.mark.parametrize("labeller,after_calls", [("vote", n) for n in (0, 1, 2, 3, 5, 6)] + [("score", n) for n in (3, 8, 10)])
+def test_resume_after_interrupt_gives_identical_records(tmp_path, labeller, after_calls):
+    chosen = [f"annotate.labeller={labeller}"]
+    ref = ctx_for(tmp_path / "ref", overrides=chosen)
     synthesize(ref)
-    ctx = ctx_for(tmp_path / "int", backend=Interrupting(after_calls))
+    ctx = ctx_for(tmp_path / "int", backend=Interrupting(after_calls), overrides=chosen)
     with pytest.raises(KeyboardInterrupt):
         synthesize(ctx)
     assert not (ctx.task_dir / "annotate" / "MANIFEST.json").exists()
-    resumed = ctx_for(tmp_path / "int")
+    resumed = ctx_for(tmp_path / "int", overrides=chosen)
     synthesize(resumed)
     assert stage_bytes(resumed) == stage_bytes(ref)
 
@@ -208,11 +216,18 @@ def test_hf_backend_synthesis_is_byte_identical_for_the_same_seed(tmp_path, tiny
     assert synth(tmp_path / "c", 2)["generate/candidates.jsonl"] != synth(tmp_path / "a", 1)["generate/candidates.jsonl"]
 
 
-def test_changed_sampling_setting_redraws_samples(run_dir):
-    synthesize(ctx_for(run_dir))
+def test_changed_sampling_setting_redraws_samples(run_dir, tmp_path):
+    synthesize(ctx_for(run_dir, overrides=["annotate.labeller=vote"]))
     fb = FakeBackend()
-    synthesize(ctx_for(run_dir, backend=fb, overrides=["annotate.n=5"], force=True))
+    synthesize(ctx_for(run_dir, backend=fb, overrides=["annotate.labeller=vote", "annotate.n=5"], force=True))
     assert fb.calls and all(call["n"] == 5 for call in fb.calls)
+    # the scored labeller's sampling setting is its demonstration orders: 3 instead of 6 scores everything again
+    synthesize(ctx_for(tmp_path))
+    fb = FakeBackend()
+    m = synthesize(ctx_for(tmp_path, backend=fb, overrides=["annotate.orders=3"], force=True))
+    assert m["annotate"]["counts"]["labeller"] == "score"
+    assert fb.calls and all("score" in call for call in fb.calls)
+    assert len(fb.calls) == 3 * (-(-m["annotate"]["counts"]["inputs"] // 8) + 1)  # 3 orders x (chunks + content-free)
 
 
 def bracket_script(prompt, i, seed):
@@ -255,7 +270,7 @@ def test_reuse_from_copies_generation_for_an_annotation_ablation(tmp_path):
                             backend_factory=lambda: fb)
     ablation.reuse_from = "default"
     m = synthesize(ablation)
-    assert fb.calls and all(c["n"] == 4 for c in fb.calls)  # only annotation sampled: the inputs were copied, not drawn
+    assert fb.calls and all("score" in c for c in fb.calls)  # only annotation scored: the inputs were copied, not drawn
     assert (tmp_path / "ablation" / "scitail" / "generate" / "inputs.jsonl").read_bytes() == \
         (tmp_path / "default" / "scitail" / "generate" / "inputs.jsonl").read_bytes()
     assert m["annotate"]["config"]["annotate"]["label_source"] == "conditioned"

@@ -55,9 +55,9 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class AnnotateConfig:
-    labeller: str = "vote"  # vote: n samples + majority (the paper) | score: each label's likelihood (classification) | mbr: the sample closest to the others (generation)
+    labeller: str = "auto"  # auto: score for classification, vote for generation | vote: n samples + majority (the paper) | score: each label's likelihood (classification) | mbr: the sample closest to the others (generation)
     orders: int = 6  # score: demonstration orders averaged over (all 6 for 3 examples; a seeded sample beyond)
-    calibration: str = "none"  # score: none | batch | generative | content-free label prior divided out (calibration.py)
+    calibration: str = "content-free"  # score: none | batch | generative | content-free label prior divided out (calibration.py)
     min_margin: float = 0.0  # score: drop inputs whose calibrated top-1 minus runner-up probability is below this
     n: int = 10  # vote: samples per input (self-consistency)
     temperature: float = 0.2
@@ -70,7 +70,7 @@ class AnnotateConfig:
     agree_margin: float = 0.5  # agree: drop when another label holds at least this share of votes
     balance: str = "downsample"  # downsample | cap | off (classification only)
     balance_cap: float = 2.0  # with balance=cap: max ratio of the largest to the rarest class
-    balance_by: str = "random"  # which inputs of a class balancing keeps: random | confidence (highest margin/agreement)
+    balance_by: str = "confidence"  # which inputs of a class balancing keeps: random | confidence (highest margin/agreement)
     chunk_size: int = 16  # inputs per backend call; the unit of resume
 
 
@@ -128,7 +128,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.device": ("auto", "cpu", "cuda"),
     "annotate.label_source": ("annotate", "conditioned", "agree"),
     "annotate.balance": ("downsample", "cap", "off"),
-    "annotate.labeller": ("vote", "score", "mbr"),
+    "annotate.labeller": ("auto", "vote", "score", "mbr"),
     "generate.system_prompt": ("none", "writer"),
     "annotate.calibration": ("none", "batch", "generative", "content-free"),
     "annotate.balance_by": ("random", "confidence"),
@@ -199,6 +199,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "selfguide": {},
     "paper": {
         "evaluate.gate": "off",  # the paper hands over the finetuned model, whatever it scores
+        "annotate.labeller": "vote",  # 10 sampled answers and a majority
+        "annotate.calibration": "none",
+        "annotate.balance_by": "random",
     },
 }
 
@@ -311,11 +314,20 @@ def _validate(cfg: RunConfig, errors: list[str]) -> None:
                       "generate.label_conditioned=false generates inputs without one; set generate.label_conditioned=true "
                       "or annotate.label_source=annotate")
     a = cfg.annotate
-    if a.labeller == "vote" and (a.calibration != "none" or a.min_margin):
-        errors.append("annotate.calibration and annotate.min_margin act on label scores; set annotate.labeller=score "
-                      "(or leave them at none and 0 for the vote)")
+    # the preset's own calibration is simply unused by a labeller that samples; one asked for is an error
+    asked_calibration = a.calibration not in ("none", preset_value(cfg.preset, "annotate.calibration"))
+    if a.labeller in ("vote", "mbr") and (asked_calibration or a.min_margin):
+        errors.append(f"annotate.calibration and annotate.min_margin act on label scores, which annotate.labeller="
+                      f"{a.labeller} does not use; set annotate.labeller=score (or auto) or leave them at their defaults")
     if cfg.train.epochs and cfg.train.batch_size * cfg.train.grad_accum > 100_000:
         errors.append("train.batch_size * train.grad_accum is over 100000; lower one of them")
+
+
+def preset_value(preset: str, key: str) -> Any:
+    """What `key` is under `preset` before any file or override."""
+    if key in PRESETS.get(preset, {}):
+        return PRESETS[preset][key]
+    return flatten(RunConfig())[key]
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

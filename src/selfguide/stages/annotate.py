@@ -6,7 +6,7 @@ that needs `min_agreement` of the surviving samples.
 labeller=mbr (generation): the same samples, but the answer is the one with the highest mean
 ROUGE-L to the others (exact-string majorities are rare in free text), kept when that mean is at
 least `min_agreement`.
-labeller=score (classification): each label's likelihood as the answer, averaged over
+labeller=score (classification; `auto`, the default, picks it for a label set): each label's likelihood as the answer, averaged over
 demonstration orders (label_scores.py); at selection the label prior is divided out
 (`calibration`, over the pool: the model's own inputs) and inputs whose calibrated margin is
 below `min_margin` are dropped.
@@ -55,10 +55,13 @@ SELECTION_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "bal
 
 
 def labeller(ctx: Context) -> str:
-    """The labeller this task uses: `score` needs a label set and `mbr` free text; for the other
-    kind of task (a bench over both kinds) the vote labels it. `selfguide run` refuses the
-    mismatch before any work (check_settings)."""
+    """The labeller this task uses: `auto` scores the labels of a classification task and votes on
+    free text; `score` needs a label set and `mbr` free text; for the other kind of task (a bench
+    over both kinds) the vote labels it. `selfguide run` refuses the mismatch before any work
+    (check_settings)."""
     chosen = ctx.cfg.annotate.labeller
+    if chosen == "auto":
+        return "score" if ctx.task.labels else "vote"
     fits = {"vote": True, "score": bool(ctx.task.labels), "mbr": not ctx.task.labels}[chosen]
     return chosen if fits else "vote"
 
@@ -83,9 +86,18 @@ def sampling_key(stage: Stage) -> dict[str, Any]:
     return {"config": config, "inputs": stage.inputs}
 
 
+# Settings a task's annotation does not read are left out of its identity, so that `auto` and a
+# preset's unused values do not make identical labels look like another stage's.
+SCORE_ONLY_KEYS = ("orders", "calibration", "min_margin")
+LABEL_SET_ONLY_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "balance_by")
+
+
 def make_stage(ctx: Context) -> Stage:
+    annotate = {**to_dict(ctx.cfg.annotate), "labeller": labeller(ctx)}
+    unread = (() if scored(ctx) else SCORE_ONLY_KEYS) + (() if ctx.task.labels else LABEL_SET_ONLY_KEYS)
+    annotate = {k: v for k, v in annotate.items() if k not in unread}
     settings = {
-        "annotate": to_dict(ctx.cfg.annotate),
+        "annotate": annotate,
         "resolved": {"max_new_tokens": resolved_max_new_tokens(ctx), "output_length_filter": output_filter_on(ctx)},
     }
     reads = {"generate": file_hash(ctx.stage_dir(generate.STAGE) / "inputs.jsonl")}
@@ -153,9 +165,25 @@ def calibrated_labels(ctx: Context, records: list[dict[str, Any]], content_free:
     return prior
 
 
+CONTENT_FREE_FILE = "content_free.json"
+
+
+def content_free_prior(ctx: Context, stage: Stage, key: dict[str, Any], orders: list[Any]) -> list[float]:
+    """The label distribution for content-free inputs, scored once per sampling key and kept with the
+    drawn scores, so that re-selecting pairs scores nothing again."""
+    path = stage.dir / CONTENT_FREE_FILE
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return stored["prior"]
+    prior = label_scores.content_free_prior(ctx.backend(), ctx.task, orders)
+    atomic_write_json(path, {"key": key, "prior": prior})
+    return prior
+
+
 def run_annotate(ctx: Context) -> dict[str, Any]:
     stage = make_stage(ctx)
-    if stage.begin(ctx.force, keep=("annotations.jsonl", "sampling.json")) == "done":
+    if stage.begin(ctx.force, keep=("annotations.jsonl", "sampling.json", CONTENT_FREE_FILE)) == "done":
         return stage.skip(ctx.task.id)
     started = time.time()
     task, a = ctx.task, ctx.cfg.annotate
@@ -198,9 +226,7 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     records = units.records
     order = {x["id"]: i for i, x in enumerate(inputs)}
     records.sort(key=lambda r: order[r["input_id"]])
-    prior = None
-    if scored(ctx) and a.calibration == "content-free":
-        prior = label_scores.content_free_prior(ctx.backend(), task, orders)
+    prior = content_free_prior(ctx, stage, key, orders) if scored(ctx) and a.calibration == "content-free" else None
     pairs, rejected, stats = select_pairs(ctx, records, prior)
     write_records(stage.dir / "pairs.jsonl", pairs)
     write_records(stage.dir / "rejected.jsonl", rejected)
