@@ -224,9 +224,9 @@ def run_bench(
 
 def changed_settings(cfg: RunConfig) -> dict[str, Any]:
     """Every setting that differs from its preset's (run name and folder aside): an arm of a comparison says what it changed."""
-    from selfguide.config import flatten, load_config
+    from selfguide.config import flatten, preset_defaults
 
-    default = flatten(load_config(extra={"preset": cfg.preset}))
+    default = preset_defaults(cfg.preset)
     return {k: v for k, v in flatten(cfg).items() if k not in ("name", "run_dir", "preset") and v != default[k]}
 
 

@@ -315,7 +315,7 @@ def _validate(cfg: RunConfig, errors: list[str]) -> None:
                       "or annotate.label_source=annotate")
     a = cfg.annotate
     # the preset's own calibration is simply unused by a labeller that samples; one asked for is an error
-    asked_calibration = a.calibration not in ("none", preset_value(cfg.preset, "annotate.calibration"))
+    asked_calibration = a.calibration not in ("none", preset_defaults(cfg.preset)["annotate.calibration"])
     if a.labeller in ("vote", "mbr") and (asked_calibration or a.min_margin):
         errors.append(f"annotate.calibration and annotate.min_margin act on label scores, which annotate.labeller="
                       f"{a.labeller} does not use; set annotate.labeller=score (or auto) or leave them at their defaults")
@@ -323,11 +323,9 @@ def _validate(cfg: RunConfig, errors: list[str]) -> None:
         errors.append("train.batch_size * train.grad_accum is over 100000; lower one of them")
 
 
-def preset_value(preset: str, key: str) -> Any:
-    """What `key` is under `preset` before any file or override."""
-    if key in PRESETS.get(preset, {}):
-        return PRESETS[preset][key]
-    return flatten(RunConfig())[key]
+def preset_defaults(preset: str) -> dict[str, Any]:
+    """Every flat key's value under `preset`, before any file or override."""
+    return {**flatten(RunConfig()), **PRESETS[preset]}
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -59,9 +59,7 @@ def labeller(ctx: Context) -> str:
     free text; `score` needs a label set and `mbr` free text; for the other kind of task (a bench
     over both kinds) the vote labels it. `selfguide run` refuses the mismatch before any work
     (check_settings)."""
-    chosen = ctx.cfg.annotate.labeller
-    if chosen == "auto":
-        return "score" if ctx.task.labels else "vote"
+    chosen = "score" if ctx.cfg.annotate.labeller == "auto" else ctx.cfg.annotate.labeller
     fits = {"vote": True, "score": bool(ctx.task.labels), "mbr": not ctx.task.labels}[chosen]
     return chosen if fits else "vote"
 
@@ -168,16 +166,14 @@ def calibrated_labels(ctx: Context, records: list[dict[str, Any]], content_free:
 CONTENT_FREE_FILE = "content_free.json"
 
 
-def content_free_prior(ctx: Context, stage: Stage, key: dict[str, Any], orders: list[Any]) -> list[float]:
-    """The label distribution for content-free inputs, scored once per sampling key and kept with the
-    drawn scores, so that re-selecting pairs scores nothing again."""
+def content_free_prior(ctx: Context, stage: Stage, orders: list[Any]) -> list[float]:
+    """The label distribution for content-free inputs, scored once and kept with the drawn scores
+    (dropped with them when the sampling settings change), so re-selecting pairs scores nothing again."""
     path = stage.dir / CONTENT_FREE_FILE
     if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("key") == key:
-            return stored["prior"]
+        return json.loads(path.read_text())
     prior = label_scores.content_free_prior(ctx.backend(), ctx.task, orders)
-    atomic_write_json(path, {"key": key, "prior": prior})
+    atomic_write_json(path, prior)
     return prior
 
 
@@ -193,6 +189,7 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     key = sampling_key(stage)
     if key_path.exists() and json.loads(key_path.read_text()) != key:
         ann_path.unlink(missing_ok=True)  # drawn with other sampling settings: draw again
+        (stage.dir / CONTENT_FREE_FILE).unlink(missing_ok=True)
     elif key_path.exists() and ann_path.exists():
         log.info("annotate[%s]: reusing drawn samples, re-selecting pairs", task.id)
     atomic_write_json(key_path, key)
@@ -226,7 +223,7 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     records = units.records
     order = {x["id"]: i for i, x in enumerate(inputs)}
     records.sort(key=lambda r: order[r["input_id"]])
-    prior = content_free_prior(ctx, stage, key, orders) if scored(ctx) and a.calibration == "content-free" else None
+    prior = content_free_prior(ctx, stage, orders) if scored(ctx) and a.calibration == "content-free" else None
     pairs, rejected, stats = select_pairs(ctx, records, prior)
     write_records(stage.dir / "pairs.jsonl", pairs)
     write_records(stage.dir / "rejected.jsonl", rejected)
