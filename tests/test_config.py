@@ -74,6 +74,7 @@ def test_presets_layer_under_the_file_and_the_overrides(tmp_path):
     paper = load_config(overrides=["preset=paper"])
     assert paper.evaluate.gate == "off"
     assert (paper.annotate.labeller, paper.annotate.calibration, paper.annotate.balance_by) == ("vote", "none", "random")
+    assert (load_config().train.replay_share, paper.train.replay_share) == (0.2, 0.0)
     # every entry of a preset changes a default: one that became the default again is dead
     defaults = flatten(RunConfig())
     for name, values in PRESETS.items():

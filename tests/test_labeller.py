@@ -208,13 +208,13 @@ def test_balance_by_confidence_keeps_the_surest():
 def test_replay_share(run_dir):
     from selfguide.stages.train import with_replay
 
-    ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "train.replay_share=0.2"])
+    ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}"])  # the default share, 0.2
     pairs = [{"id": str(i), "input": f"x{i}", "output": "entails"} for i in range(40)]
     out, replayed = with_replay(ctx, pairs)
     # 0.2 of the set: 10 rows for 40 pairs -> ceil(10 / 4 examples) = 3 copies of each of the 4
     assert replayed == 12 and len(out) == 52 and sum(p.get("label_source") == "example" for p in out) == 12
     assert with_replay(ctx, [])[1] == 4  # no synthetic pairs: the examples alone, once each
-    off = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}"])
+    off = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "preset=paper"])
     assert with_replay(off, pairs) == (pairs, 0)
 
 

@@ -82,7 +82,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_seq_len: int = 1024  # longer examples are dropped (counted), as in the paper
-    replay_share: float = 0.0  # the task's real examples, repeated to make up this share of the training set (0 = the paper: synthetic only)
+    replay_share: float = 0.2  # the task's real examples, repeated to make up this share of the training set (0 = the paper: synthetic only)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -202,6 +202,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "annotate.labeller": "vote",  # 10 sampled answers and a majority
         "annotate.calibration": "none",
         "annotate.balance_by": "random",
+        "train.replay_share": 0.0,  # synthetic pairs only
     },
 }
 
