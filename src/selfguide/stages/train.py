@@ -263,13 +263,11 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
     trainer = make_trainer(ctx, stage, args, build_model(ctx, base_dir), examples, tok, prefix_len)
     checkpoint = resume_point(stage, rank, world)
     t = ctx.cfg.train
-    log.info("train[%s]: %s finetuning on %d pairs for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
-             len(examples), t.epochs, learning_rate(ctx), args.bf16)
+    data = {"pairs": len(pairs) - replayed, "replayed_examples": replayed, "trained_on": len(examples), "dropped_too_long": too_long}
+    log.info("train[%s]: %s finetuning on %s for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
+             training_data_words(data), t.epochs, learning_rate(ctx), args.bf16)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    counts = {
-        "pairs": len(pairs) - replayed, "replayed_examples": replayed, "trained_on": len(examples), "dropped_too_long": too_long,
-        "steps": trainer.state.global_step, "train_loss": result.training_loss, "shared_prefix_tokens": prefix_len,
-    }
+    counts = data | {"steps": trainer.state.global_step, "train_loss": result.training_loss, "shared_prefix_tokens": prefix_len}
     manifest = save_outputs(ctx, stage, trainer, tok, base_dir, counts, started, rank)
     if world > 1:
         _leave_group()
