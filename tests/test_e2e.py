@@ -47,6 +47,14 @@ def test_run_end_to_end_and_noop_rerun(run_dir, tiny_model):
     again = run(EXAMPLE, ctx=tiny_ctx(run_dir, tiny_model, ["train.epochs=1"]))
     assert again.verdict["deltas"] == v["deltas"]
     assert {p: p.stat().st_mtime for p in ctx.task_dir.rglob("predictions.jsonl")} == before
+    # --reuse-from adopts the train stage as well: its manifest names the model relative to the stage,
+    # so the copy evaluates and hands over its own model folder, not the other run's
+    moved = tiny_ctx(run_dir, tiny_model, ["train.epochs=1", "name=moved", "evaluate.max_items=10"])
+    moved.reuse_from = ctx.cfg.name
+    again = run(EXAMPLE, ctx=moved)
+    original, copied = (json.loads((c.task_dir / "train" / "MANIFEST.json").read_text()) for c in (ctx, moved))
+    assert copied["finished_at"] == original["finished_at"] and copied["model_dir"] == "model"
+    assert again.verdict["n_items"] == 10 and str(moved.task_dir / "train" / "model") in again.verdict["handed_over"]
 
 
 def test_finetuned_model_stops_at_eos_and_reloads(run_dir, tiny_model):

@@ -267,7 +267,9 @@ def export_model(ctx: Any, out: Path, gguf: bool, outtype: str = "f16", converte
     if not manifest_path.exists():
         raise ExportError(f"{ctx.stage_dir('train')}: no finetuned model yet; run `selfguide run` (or `selfguide train`) "
                           "on this task first")
-    train = json.loads(manifest_path.read_text(encoding="utf-8"))
+    from selfguide.stages.train import resolved_model_dir
+
+    train = resolved_model_dir(json.loads(manifest_path.read_text(encoding="utf-8")), manifest_path.parent)
     model_dir = Path(train["model_dir"])
     from selfguide.stages.gate import read_gate
 

@@ -244,7 +244,7 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
     if state == "done":
         if world > 1:
             _leave_group()
-        return stage.skip(ctx.task.id)
+        return resolved_model_dir(stage.skip(ctx.task.id), stage.dir)
     started = time.time()
 
     from selfguide.backends import hf_model
@@ -417,7 +417,14 @@ def save_outputs(ctx: Context, stage: Stage, trainer: Any, tok: Any, base_dir: P
     losses = [r["loss"] for r in read_records(stage.dir / METRICS)]
     counts = {**counts, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
     write_model_card(ctx, model_dir, counts, verdict=None)
-    return stage.finish(counts, started, model_dir=str(model_dir))
+    # relative to the stage folder, so that a copy of the stage (--reuse-from) names its own model
+    return resolved_model_dir(stage.finish(counts, started, model_dir=model_dir.name), stage.dir)
+
+
+def resolved_model_dir(manifest: dict[str, Any], stage_dir: Path) -> dict[str, Any]:
+    """The train manifest with `model_dir` as a path (manifests store it relative to the stage folder;
+    an absolute one, from a run before that, stays as it is)."""
+    return {**manifest, "model_dir": str(stage_dir / manifest["model_dir"])}
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
@@ -459,4 +466,15 @@ def write_model_card(ctx: Context, model_dir: Path, counts: dict[str, Any], verd
     if verdict:
         lines += ["", "## Verdict", "", verdict["sentence"]]
     atomic_write_text(model_dir / "README.md", "\n".join(lines) + "\n")
-    (model_dir / "selfguide.json").write_text(json.dumps({"task": task.id, "counts": counts, "verdict": verdict}, indent=2))
+    (model_dir / "selfguide.json").write_text(json.dumps({"task": task.id, "counts": counts, "verdict": portable(verdict)}, indent=2))
+
+
+def portable(verdict: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The verdict without this machine's paths (which model was handed over, where the gate's blend
+    lies): the card travels with the model (export, --reuse-from), and the paths would name the old place."""
+    if not verdict:
+        return verdict
+    kept = {k: v for k, v in verdict.items() if k != "handed_over"}
+    if isinstance(kept.get("gate"), dict):
+        kept["gate"] = {k: v for k, v in kept["gate"].items() if k != "model_dir"}
+    return kept
