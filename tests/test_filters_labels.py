@@ -113,3 +113,29 @@ def test_placeholder_filter_is_opt_in_and_runs_after_noise():
     assert check_input("Does this [n]ger breed live long?", None, (), d, placeholder_filter=True) == "placeholder"
     assert check_input("[input] again", None, (), d, placeholder_filter=True) == "noise:[input]"
     assert check_input("Does this dog breed live long?", None, (), d, placeholder_filter=True) is None
+
+
+def test_output_form_rules_come_from_what_every_example_keeps():
+    from selfguide.filters import OutputForm, output_form
+
+    combine = [("What college did this president attend? Where did this president meet his wife?",
+                "Did this president meet his wife in college?"),
+               ("What trees are in this national park? Which spots are popular in it?",
+                "What are the names of famous trees in this national park?")]
+    form = output_form(combine)
+    assert form == OutputForm(question_mirrors_input=True, not_an_input_span=True, no_placeholder=True)
+    q = "Does this dog breed weigh 25 pounds? How does this dog breed act around strangers?"
+    assert form.check("Does this dog breed weigh 25 pounds?", q) == "form:copies_input"  # the first question copied back
+    assert form.check("This dog breed is friendly.", q) == "form:question"
+    assert form.check("Is this [animal] a friendly dog?", q) == "form:placeholder"
+    assert form.check("Is this dog breed a friendly dog who weighs more than 25 lbs?", q) is None
+    # a task whose answers are runs of the input (disfluent -> fluent) keeps copies; statements mirror statements
+    fluent = output_form([("How did no Who masterminded many terror attacks?", "Who masterminded many terror attacks?"),
+                          ("The cat no the dog sat.", "The dog sat.")])
+    assert not fluent.not_an_input_span and fluent.question_mirrors_input
+    assert fluent.check("The dog barked.", "The cat uh the dog barked.") is None
+    assert fluent.check("The dog barked?", "The cat uh the dog barked.") == "form:question"
+    # one example breaks a rule: the rule is off
+    mixed = output_form([("Is it red?", "yes [1]"), ("Fact: rain falls.", "rain.")])
+    assert mixed == OutputForm(question_mirrors_input=False, not_an_input_span=False, no_placeholder=False)
+    assert mixed.check("anything [x]?", "Fact: x.") is None

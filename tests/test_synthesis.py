@@ -192,6 +192,35 @@ def test_generation_task_output_filters(run_dir):
     assert m["annotate"]["config"]["resolved"]["output_length_filter"] is True
 
 
+def combine_script(prompt, i, seed):
+    """Inputs of two questions; answers: 3 samples copy the first question back, one is a statement, one combines."""
+    r = random.Random(seed)
+    if "InputGenerator" in prompt:
+        a, b = r.sample(["river", "storm", "lamp", "song", "tree", "boat", "engine", "garden"], 2)
+        return f"Does this dog breed like the {a} {r.randrange(10**6)}? How does this dog breed act near a {b}?"
+    question = prompt.rsplit("<|user|>\n", 1)[1].split("\n<|assistant|>", 1)[0]
+    first = question.split("?")[0] + "?"
+    return [first, first, first, "This dog breed is calm.", "Is this dog breed calm near water?"][i % 5]
+
+
+def test_form_filter_rejects_answers_no_example_would_give(tmp_path):
+    task = NIV2 / "task1562.paper_prompt.json"  # paraphrase a question: examples answer a question with a new question
+    over = ["generate.length_filter=false", "annotate.output_length_filter=false", "annotate.n=5", "annotate.labeller=vote"]
+    plain = synthesize(ctx_for(tmp_path / "off", backend=FakeBackend(script=combine_script), task=task, overrides=over))
+    on_ctx = ctx_for(tmp_path / "on", backend=FakeBackend(script=combine_script), task=task, overrides=[*over, "annotate.form_filter=true"])
+    on = synthesize(on_ctx)
+    off_pairs, on_pairs = read_records(tmp_path / "off" / "default" / "task1562" / "annotate" / "pairs.jsonl"), \
+        read_records(on_ctx.task_dir / "annotate" / "pairs.jsonl")
+    assert off_pairs and all(p["output"] == p["input"].split("?")[0] + "?" for p in off_pairs)  # the vote agrees on the copy
+    assert len(on_pairs) == len(off_pairs) and all(p["output"] == "Is this dog breed calm near water?" for p in on_pairs)
+    n = on["annotate"]["counts"]["inputs"]
+    assert on["annotate"]["counts"]["samples_rejected"] == {"form:copies_input": 3 * n, "form:question": n}
+    assert "form:copies_input" not in plain["annotate"]["counts"]["samples_rejected"]
+    assert on["annotate"]["config"]["annotate"]["form_filter"] is True
+    # a classification task's annotation does not read the key, so it is not in its identity
+    assert "form_filter" not in synthesize(ctx_for(tmp_path / "cls"))["annotate"]["config"]["annotate"]
+
+
 def test_real_hf_backend_on_tiny_model(run_dir, tiny_model):
     ctx = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "model.dtype=float32", "model.backend=hf",
                                            "generate.target_inputs=6", "generate.prompts_per_round=3", "annotate.n=2",

@@ -66,6 +66,7 @@ class AnnotateConfig:
     max_new_tokens: Optional[int] = None  # None = derived from the examples' output lengths
     min_agreement: float = 0.3  # vote: the majority answer needs this share of the surviving samples; mbr: this mean ROUGE-L to the others
     output_length_filter: Optional[bool] = None  # None = on for generation, off for classification
+    form_filter: bool = False  # free text: reject samples that break a form rule every example keeps (filters.OutputForm)
     label_source: str = "annotate"  # annotate | conditioned | agree (classification only)
     agree_margin: float = 0.5  # agree: drop when another label holds at least this share of votes
     balance: str = "downsample"  # downsample | cap | off (classification only)

@@ -1,7 +1,8 @@
 """Rule filters for generated inputs and annotated outputs (pure functions).
 
 Each check returns a rejection reason (`empty`, `too_short`, `too_long`, `noise:<term>`,
-`placeholder`, `duplicate`, `near_duplicate`) or None. Reasons are data: the stages keep every rejected item.
+`placeholder`, `duplicate`, `near_duplicate`, `form:<rule>`) or None. Reasons are data: the stages
+keep every rejected item.
 """
 
 from __future__ import annotations
@@ -178,6 +179,47 @@ def check_output(text: str, window: Optional[LengthWindow], extra_noise: Iterabl
         if reason:
             return reason
     return noise_check(text, extra_noise)
+
+
+def is_question(text: str) -> bool:
+    return text.rstrip().endswith("?")
+
+
+def is_word_span(part: str, whole: str) -> bool:
+    """`part`'s words appear in `whole` as one contiguous run (case, spacing and punctuation aside)."""
+    p, w = words(part), words(whole)
+    return bool(p) and f" {' '.join(p)} " in f" {' '.join(w)} "
+
+
+@dataclass(frozen=True)
+class OutputForm:
+    """What every example's output shares, in form, with its input: rules a free-text answer must
+    keep. A small model's answers to its own inputs are often not answers at all (the first of two
+    questions copied back, a statement where a question was asked, a `[slot]`), and self-consistency
+    does not catch them, since the samples agree on the copy (docs/benchmarks/dev/generation-screen.md).
+    A rule holds only when every example obeys it, so it never rejects the task's own kind of answer."""
+
+    question_mirrors_input: bool  # every example's output is a question exactly when its input is
+    not_an_input_span: bool  # no example's output is a word-for-word run of its input
+    no_placeholder: bool  # no example's output has a bracketed slot
+
+    def check(self, output: str, input_text: str) -> Optional[str]:
+        if self.no_placeholder and has_placeholder(output):
+            return "form:placeholder"
+        if self.question_mirrors_input and is_question(output) != is_question(input_text):
+            return "form:question"
+        if self.not_an_input_span and is_word_span(output, input_text):
+            return "form:copies_input"
+        return None
+
+
+def output_form(examples: Sequence[tuple[str, str]]) -> OutputForm:
+    """The form rules that every (input, output) example obeys."""
+    return OutputForm(
+        question_mirrors_input=all(is_question(o) == is_question(i) for i, o in examples),
+        not_an_input_span=not any(is_word_span(o, i) for i, o in examples),
+        no_placeholder=not any(has_placeholder(o) for _, o in examples),
+    )
 
 
 def check_input(

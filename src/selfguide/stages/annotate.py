@@ -1,7 +1,8 @@
 """Stage 2: the same model labels its inputs with the few-shot task prompt (method.md §5).
 
 labeller=vote (the paper): n samples per input, per-sample filters (classification: mapped onto
-the label set, off-label samples dropped; generation: empty/length/noise), then a majority vote
+the label set, off-label samples dropped; generation: empty/length/noise, and with `form_filter`
+the form rules all examples keep), then a majority vote
 that needs `min_agreement` of the surviving samples.
 labeller=mbr (generation): the same samples, but the answer is the one with the highest mean
 ROUGE-L to the others (exact-string majorities are rare in free text), kept when that mean is at
@@ -27,7 +28,7 @@ from selfguide.backends.base import Completion
 from selfguide.calibration import argmax, calibrate, margin, mean_distribution
 from selfguide.config import to_dict
 from selfguide.errors import ConfigError
-from selfguide.filters import check_output, length_window
+from selfguide.filters import check_output, length_window, output_form
 from selfguide.labels import balance_classes, majority_vote, map_to_label, mbr_pick
 from selfguide.stages import generate
 from selfguide.stages.context import Context, derive_seed
@@ -88,11 +89,13 @@ def sampling_key(stage: Stage) -> dict[str, Any]:
 # preset's unused values do not make identical labels look like another stage's.
 SCORE_ONLY_KEYS = ("orders", "calibration", "min_margin")
 LABEL_SET_ONLY_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "balance_by")
+FREE_TEXT_ONLY_KEYS = ("form_filter",)
 
 
 def make_stage(ctx: Context) -> Stage:
     annotate = {**to_dict(ctx.cfg.annotate), "labeller": labeller(ctx)}
-    unread = (() if scored(ctx) else SCORE_ONLY_KEYS) + (() if ctx.task.labels else LABEL_SET_ONLY_KEYS)
+    unread = ((() if scored(ctx) else SCORE_ONLY_KEYS) + (() if ctx.task.labels else LABEL_SET_ONLY_KEYS)
+              + (FREE_TEXT_ONLY_KEYS if ctx.task.labels else ()))
     annotate = {k: v for k, v in annotate.items() if k not in unread}
     settings = {
         "annotate": annotate,
@@ -102,10 +105,11 @@ def make_stage(ctx: Context) -> Stage:
     return ctx.open_stage(STAGE, settings, ctx.model_identity(), reads)
 
 
-def annotate_samples(ctx: Context, samples: list[Completion]) -> dict[str, Any]:
+def annotate_samples(ctx: Context, input_text: str, samples: list[Completion]) -> dict[str, Any]:
     """Filter and vote one input's samples; returns the vote fields of its record."""
     task, a = ctx.task, ctx.cfg.annotate
     window = length_window([len(e.output) for e in task.examples]) if output_filter_on(ctx) else None
+    form = output_form([(e.input, e.output) for e in task.examples]) if a.form_filter else None
     survivors: list[str] = []
     reasons: list[Optional[str]] = []
     for sample in samples:
@@ -118,7 +122,7 @@ def annotate_samples(ctx: Context, samples: list[Completion]) -> dict[str, Any]:
             if label is not None:
                 survivors.append(label)
         else:
-            reason = check_output(text, window, task.noise_terms)
+            reason = check_output(text, window, task.noise_terms) or (form.check(text, input_text) if form else None)
             if reason is None:
                 survivors.append(text)
         reasons.append(reason)
@@ -212,7 +216,7 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
                     rendered, n=a.n, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                     max_new_tokens=max_new, stop=(), seed=derive_seed(ctx.cfg.seed, task.id, STAGE, ci),
                 )
-                labelled = [annotate_samples(ctx, samples) for samples in outs]
+                labelled = [annotate_samples(ctx, x["input"], samples) for x, samples in zip(chunk, outs)]
             batch = [{"id": x["id"].replace(":g:", ":a:", 1), "input_id": x["id"], "input": x["input"],
                       "target_label": x.get("target_label"), **fields} for x, fields in zip(chunk, labelled)]
             units.land(ci, batch)
