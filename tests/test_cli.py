@@ -89,6 +89,18 @@ def test_bench_reuse_from_a_missing_run_exits_2(tmp_path):
     assert not (tmp_path / "out.json").exists()
 
 
+def test_bench_seeds_writes_one_table_per_seed_and_the_summary(tmp_path):
+    common = ["bench", str(EXAMPLE), "--set", f"run_dir={tmp_path}", "--set", "model.backend=fake", "--set", "evaluate.max_items=8",
+              "--methods", "prompt-fewshot", "--name", "b"]
+    one = CliRunner().invoke(cli, [*common, "--seeds", "7", "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    assert sorted(p.name for p in tmp_path.glob("one*.md")) == ["one.md"]  # one seed: its table is the result
+    assert (tmp_path / "b-s7").is_dir()  # named per seed, so that a later summary over seeds finds the run
+    two = CliRunner().invoke(cli, [*common, "--seeds", "7,8", "--out", str(tmp_path / "two")])
+    assert two.exit_code == 0, two.output
+    assert sorted(p.name for p in tmp_path.glob("two*.md")) == ["two-s7.md", "two-s8.md", "two.md"]
+
+
 def test_run_without_labelled_items_trains_exports_and_says_why_no_verdict(tmp_path, tiny_model, caplog):
     """The paper's own use case: an instruction and a few examples, nothing labelled."""
     import logging

@@ -470,9 +470,16 @@ def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[s
         per_seed = {}
         for seed in seed_list:
             seed_cfg = dataclasses.replace(cfg, seed=seed, name=bench_seeds.seed_name(cfg.name, seed))
-            seed_out = target.with_suffix("").with_name(f"{target.with_suffix('').name}-s{seed}")
+            # one seed: its table is the result (a summary over one seed has no spread to add); it still
+            # runs as NAME-sSEED, so that a later --seeds over several finds it
+            seed_out = target.with_suffix("").with_name(f"{target.with_suffix('').name}-s{seed}") if len(seed_list) > 1 else target.with_suffix("")
             per_seed[seed] = run_bench(tasks, seed_cfg, method_list, seed_out,
                                        reuse_from=bench_seeds.seed_name(reuse_from, seed) if reuse_from else None)
+        if len(seed_list) == 1:
+            for kind, a in per_seed[seed_list[0]]["averages"].items():
+                click.echo(f"{kind}: {a['tasks']} tasks, mean delta {a['delta']} points ({a['metric']}, seed {seed_list[0]})")
+            click.echo(f"results: {target.with_suffix('.md')}")
+            return
         data = bench_seeds.summarize(per_seed, Path(cfg.run_dir), cfg.name, cfg.evaluate.bootstrap)
         bench_seeds.write(target.with_suffix(""), data)
         for kind, a in data["averages"].items():
