@@ -386,6 +386,19 @@ def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
     # and the model the run hands over is the base model, not the finetuned one (the report says the same)
     assert res.verdict["handed_over"].startswith(f"model: the base model ({tiny_model})") and "not recommended" in res.verdict["handed_over"]
     assert res.verdict["handed_over"] in res.report.read_text()
+    # the half-scale blend is made only when its evaluation has to run: with every evaluation cached, a
+    # deleted blend (dev runs free the disk) is not made again, and the gate decides the same
+    import shutil
+
+    blends = list((res.run_dir / "gate").glob("model-scale-0.5-*"))
+    assert len(blends) == 1
+    shutil.rmtree(blends[0])
+    again = selfguide.run(task, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=8",
+                                           "annotate.n=2", "evaluate.max_items=6", "train.epochs=1", "model.dtype=float32",
+                                           "evaluate.bootstrap=50", "annotate.orders=1", "evaluate.gate=validation",
+                                           "annotate.label_source=conditioned", "train.learning_rate=0.05"],
+                          backend_factory=lambda: FakeBackend())
+    assert not blends[0].exists() and again.verdict["gate"]["scores"] == gate["scores"]
 
 
 def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validation_items(run_dir, tiny_model, monkeypatch):

@@ -91,6 +91,23 @@ def test_stage_adopts_a_finished_stage_with_the_same_identity_only(tmp_path):
     assert not list((tmp_path / "b" / "task").glob("*.adopting"))
 
 
+def test_adopting_a_stage_onto_a_full_disk_says_so_and_leaves_no_partial_copy(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from types import SimpleNamespace
+
+    src = Stage(tmp_path / "a" / "task" / "generate", "generate", {"x": 1}, {"task": "t"})
+    src.begin()
+    (src.dir / "records.jsonl").write_text('{"a": 1}\n')
+    src.finish({"n": 1}, 0.0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=100, used=100, free=0))
+    copy = Stage(tmp_path / "b" / "task" / "generate", "generate", {"x": 1}, {"task": "t"}, src.dir)
+    with pytest.raises(OSError) as caught:
+        copy.begin()
+    assert caught.value.errno == errno.ENOSPC  # the CLI turns this errno into "disk full ... run again to resume"
+    assert not copy.dir.exists() and not list((tmp_path / "b" / "task").glob("*.adopting"))
+
+
 def test_a_stage_being_written_by_another_process_is_refused(tmp_path):
     import subprocess
     import sys

@@ -7,6 +7,7 @@ and `MANIFEST.json`, written last and atomically: its existence means the stage 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -285,8 +286,15 @@ class Stage:
                 return False
         staging = self.dir.with_name(self.dir.name + ".adopting")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(src, staging)
         self.dir.parent.mkdir(parents=True, exist_ok=True)
+        size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+        if size > shutil.disk_usage(self.dir.parent).free:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.dir))
+        try:
+            shutil.copytree(src, staging)
+        except OSError:  # shutil.Error (an OSError) gathers the per-file errors and drops their errno
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         os.replace(staging, self.dir)
         log.info("%s: adopted from %s (same settings and inputs)", self.name, src)
         return True

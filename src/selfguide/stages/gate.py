@@ -115,6 +115,17 @@ def interpolate(base_dir: Path, tuned_dir: Path, scale: float, out_dir: Path) ->
     return out_dir
 
 
+def blend_first(factory: Any, blend: Any) -> Any:
+    """The backend factory of a blended model that makes the blend when the backend is first needed:
+    a gate whose evaluations are all cached loads no weights (and its blend may have been deleted)."""
+    def build() -> Any:
+        blend()
+        return factory()
+
+    build.close = factory.close  # type: ignore[attr-defined]
+    return build
+
+
 def choose_scale(scores: dict[float, float]) -> float:
     """The best-scoring scale; ties go to the smaller change (the base model first)."""
     return min(scores, key=lambda a: (-scores[a], a))
@@ -152,13 +163,12 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
     scores: dict[float, float] = {0.0: base["results"]["scores"][metric]}
     models: dict[float, str] = {0.0: ctx.cfg.model.name}
     for scale in SCALES[1:]:
-        if scale == 1.0:
-            model_dir = tuned
-        else:
-            base_dir = hf_model.materialize(resolve_model(ctx.cfg.model.name))
-            model_dir = interpolate(base_dir, tuned, scale, gate_dir / f"model-scale-{scale:g}-{tag}")
+        model_dir = tuned if scale == 1.0 else gate_dir / f"model-scale-{scale:g}-{tag}"
         system = f"gate-scale-{scale:g}"
         factory = model_factory(vctx, str(model_dir))
+        if scale != 1.0:
+            factory = blend_first(factory, lambda s=scale, d=model_dir: interpolate(  # type: ignore[misc]
+                hf_model.materialize(resolve_model(ctx.cfg.model.name)), tuned, s, d))
         try:
             ident = trained_identity(vctx, {**train_manifest, "gate_scale": scale}, system)
             manifest = run_evaluate(vctx, system, ident, factory, shots="fewshot", items=items, part=part)
