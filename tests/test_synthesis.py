@@ -118,6 +118,19 @@ def test_min_kept_goes_on_with_rounds_until_enough_inputs_are_kept(tmp_path):
     assert capped["raw"] == 60
 
 
+def test_min_kept_defaults_to_60_on_generation_tasks_only(tmp_path):
+    task = NIV2 / "task1562.paper_prompt.json"
+    unset = synthesize(ctx_for(tmp_path / "unset", task=task, overrides=["generate.length_filter=false"]))["generate"]
+    assert unset["config"]["resolved"]["min_kept"] == 60
+    assert unset["counts"]["raw"] > 30 and (unset["counts"]["kept"] >= 60 or unset["counts"]["raw"] == 60)
+    # an explicit 60 is the same stage: the identity is the resolved value, not how it was spelled
+    same = ctx_for(tmp_path / "unset", task=task, overrides=["generate.length_filter=false", "generate.min_kept=60"])
+    assert synthesize(same)["generate"] == unset
+    for spelled_off in (["generate.min_kept=0"], ["preset=paper"]):
+        off = synthesize(ctx_for(tmp_path / spelled_off[0], task=task, overrides=["generate.length_filter=false", *spelled_off]))
+        assert off["generate"]["counts"]["raw"] == 30 and "min_kept" not in json.dumps(off["generate"]["config"])
+
+
 def test_truncated_write_is_recovered(tmp_path):
     ref = ctx_for(tmp_path / "ref")
     synthesize(ref)
