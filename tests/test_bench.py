@@ -93,6 +93,43 @@ def test_bench_pending_task_without_instances(tmp_path, tiny_model):
     assert data["tasks"] == [] and data["pending"][0]["task"] == "noeval"
 
 
+def test_resume_table_keeps_rows_of_the_same_identity_only(tmp_path, tiny_model, monkeypatch):
+    """--resume-table: a table finished after its run folder is gone keeps the rows made with the same settings
+    (not running those tasks again), re-runs a task whose settings changed, and names the CPU of a row made elsewhere."""
+    import shutil
+
+    out = tmp_path / "table"
+    cfg = cfg_for(tmp_path / "runs", tiny_model)
+    first = bench.run_bench(TASKS, cfg, ["prompt-fewshot"], out, backend_factory=lambda: FakeBackend())
+    assert all(r["identity"] and r["cpu_flags"] == first["cpu_flags"] for r in first["tasks"])
+    shutil.rmtree(tmp_path / "runs")
+    ran = []
+    real_run_task = bench.run_task
+    monkeypatch.setattr(bench, "run_task", lambda ctx, methods: ran.append(ctx.task.id) or real_run_task(ctx, methods))
+
+    again = bench.run_bench(TASKS, cfg, ["prompt-fewshot"], out, backend_factory=lambda: FakeBackend(), resume_table=True)
+    assert ran == [] and again["tasks"] == first["tasks"] and not (tmp_path / "runs").exists()
+
+    # another machine made the first row: the table says so
+    data = json.loads(out.with_suffix(".json").read_text())
+    data["tasks"][0]["cpu_flags"] = ["avx2", "fma"]
+    out.with_suffix(".json").write_text(json.dumps(data))
+    bench.run_bench(TASKS, cfg, ["prompt-fewshot"], out, backend_factory=lambda: FakeBackend(), resume_table=True)
+    assert ran == [] and "rows made on a CPU with other flags (avx2, fma): scitail;" in out.with_suffix(".md").read_text()
+
+    # other settings (the decode budget changes what is evaluated): every task runs again
+    changed = load_config(None, [*[f"{k}={v}" for k, v in (("run_dir", tmp_path / "runs"), ("model.name", tiny_model))],
+                                 "generate.target_inputs=12", "annotate.n=2", "evaluate.max_items=6", "train.epochs=1",
+                                 "model.dtype=float32", "evaluate.bootstrap=50", "evaluate.max_new_tokens=9"])
+    bench.run_bench(TASKS, changed, ["prompt-fewshot"], out, backend_factory=lambda: FakeBackend(), resume_table=True)
+    assert ran == ["scitail", "task1562"]
+    # without the flag nothing is kept either
+    ran.clear()
+    shutil.rmtree(tmp_path / "runs")
+    bench.run_bench(TASKS, cfg, ["prompt-fewshot"], out, backend_factory=lambda: FakeBackend())
+    assert ran == ["scitail", "task1562"]
+
+
 def test_end_to_end_table_compares_backends_with_and_without_training(tmp_path, monkeypatch):
     """bench/end_to_end.py's table: ratios to the first run, the run without its train stage, and the
     pairs each run trained on (read from the run's train manifest)."""

@@ -175,14 +175,49 @@ def _gated(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, A
     return run_gate(dataclasses.replace(ctx, cfg=_gate_on(ctx.cfg)), train_manifest)
 
 
+def row_identity(cfg: RunConfig, spec: Any, model: dict[str, Any], methods: Sequence[str]) -> str:
+    """What a table row depends on besides the run folder: the numerics version of the code, every
+    setting (run name and folder aside), the synthesis engine `auto` resolves to, the task (what
+    synthesis reads and the items evaluated), the model file and the methods."""
+    from selfguide.backends import resolve_backend
+    from selfguide.config import flatten
+    from selfguide.identity import digest
+
+    settings = {k: v for k, v in flatten(cfg).items() if k not in ("name", "run_dir")}
+    try:
+        items = [[it.id, it.input, list(it.outputs)] for it in spec.split_items(cfg.evaluate.split)]
+    except UserInputError:
+        items = []
+    return digest([NUMERICS_VERSION, settings, resolve_backend(cfg.model.backend, cfg.model.device), spec.fingerprint(),
+                   digest(items), model.get("sha256"), sorted(methods)])
+
+
+def kept_rows(out: Path, identities: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier table at `out` whose identity is this run's for their task: a table can
+    then be finished on another machine, or after its run folder is gone, without redoing them."""
+    import json
+
+    path = out.with_suffix(".json")
+    if not path.exists():
+        return {}
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")).get("tasks", [])
+    except ValueError:
+        raise UserInputError(f"{path}: not a readable bench table (--resume-table reads its rows); move it away or "
+                             "run without --resume-table") from None
+    return {r["task"]: r for r in rows if r.get("identity") and r["identity"] == identities.get(r["task"])}
+
+
 def run_bench(
     task_specs: Sequence[str], cfg: RunConfig, methods: Sequence[str], out: Path, backend_factory: Any = None,
-    reuse_from: Optional[str] = None,
+    reuse_from: Optional[str] = None, resume_table: bool = False,
 ) -> dict[str, Any]:
     """Run tasks one at a time (bounded memory); the table is rewritten after each task.
 
     `reuse_from` names another run whose finished stages are copied where this run's settings
-    leave them unchanged (an annotation ablation then reuses the generated inputs)."""
+    leave them unchanged (an annotation ablation then reuses the generated inputs).
+    `resume_table` keeps the rows of the table already at `out` that were made with this run's
+    identity (row_identity) instead of running their tasks again; each row names the CPU it ran on."""
     from selfguide.models import resolve_model
 
     unknown = [m for m in methods if m not in METHODS]
@@ -198,6 +233,11 @@ def run_bench(
         for spec in specs:
             check_settings(Context(_gate_on(cfg), spec, backend_factory=backend_factory))
     model = resolve_model(cfg.model.name).identity()
+    identities = {spec.id: row_identity(cfg, spec, model, methods) for spec in specs}
+    kept = kept_rows(out, identities) if resume_table else {}
+    if kept:
+        log.info("bench: keeping the rows of %s made with these settings and this code: %s", out.with_suffix(".json"),
+                 ", ".join(kept))
     rows: list[dict[str, Any]] = []
     pending: list[dict[str, str]] = []
     from selfguide.progress import Progress
@@ -213,9 +253,13 @@ def run_bench(
                 pending.append({"task": spec.id, "reason": f"no labelled instances in split '{cfg.evaluate.split}'"})
                 bar.advance()
                 continue
+            if spec.id in kept:
+                rows.append(kept[spec.id])
+                bar.advance()
+                continue
             ctx = Context(cfg, spec, backend_factory=backend_factory, progress=progress, reuse_from=reuse_from)
             log.info("bench: %s (%s)", spec.id, spec.kind)
-            rows.append(run_task(ctx, methods))
+            rows.append(run_task(ctx, methods) | {"identity": identities[spec.id], "cpu_flags": cpu_vector_flags()})
             later = [{"task": s.id, "reason": "not run yet (re-run the same command to continue)"} for s in specs[len(rows) + len(pending):]]
             write_results(out, rows, pending + later, cfg, model, methods)
             bar.advance()
@@ -319,6 +363,17 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def _other_machines(data: dict[str, Any]) -> list[str]:
+    """A line naming the rows (kept by --resume-table) that another CPU made; none when every row is this machine's."""
+    here = data.get("cpu_flags") or []
+    other: dict[str, list[str]] = {}
+    for r in data["tasks"]:
+        if "cpu_flags" in r and r["cpu_flags"] != here:
+            other.setdefault(", ".join(r["cpu_flags"]) or "no vector flags read", []).append(r["task"])
+    return [f"- rows made on a CPU with other flags ({flags}): {', '.join(tasks)}; compare a row's systems with each other, "
+            "not across machines" for flags, tasks in other.items()]
+
+
 def _markdown(data: dict[str, Any], png: str) -> str:
     methods = data["methods"]
     m = data["model"]
@@ -329,6 +384,7 @@ def _markdown(data: dict[str, Any], png: str) -> str:
         f"paper-compatible scores are in the JSON; seed {data['seed']}",
         f"- machine: {data['machine']['cpu_cores']} CPU cores ({', '.join(data.get('cpu_flags') or ['no vector flags read'])}), "
         f"GPU: {data['machine']['gpu'] or 'none'}",
+        *_other_machines(data),
         "- numerics version: " + ", ".join(map(str, data.get("numerics_version", [0]))) + " (selfguide.identity.NUMERICS_VERSION of "
         "the code that made every row)",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()),

@@ -432,10 +432,14 @@ def next_step(v: dict[str, Any], task_file: str, quick: bool) -> str:
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Results file stem (default docs/benchmarks/niv2-<model>).")
 @click.option("--reuse-from", default=None, metavar="NAME",
               help="Another run's name: copy its finished stages wherever this run's settings leave them unchanged.")
+@click.option("--resume-table", is_flag=True,
+              help="Keep the rows of the table already at --out that were made with these settings, task files, model and "
+                   "code version, instead of running their tasks again (to finish a table on another machine, or after its "
+                   "run folder is gone); each row names its CPU.")
 @PRESET_OPTION
 def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[str, ...], model: Optional[str],
           split: Optional[str], methods: str, seeds: Optional[str], name: str, out: Optional[str], reuse_from: Optional[str],
-          preset: Optional[str]) -> None:
+          resume_table: bool, preset: Optional[str]) -> None:
     """Benchmark methods over many tasks (a folder such as ../shared/niv2, or files), resumably."""
     import re
 
@@ -474,7 +478,8 @@ def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[s
             # runs as NAME-sSEED, so that a later --seeds over several finds it
             seed_out = target.with_suffix("").with_name(f"{target.with_suffix('').name}-s{seed}") if len(seed_list) > 1 else target.with_suffix("")
             per_seed[seed] = run_bench(tasks, seed_cfg, method_list, seed_out,
-                                       reuse_from=bench_seeds.seed_name(reuse_from, seed) if reuse_from else None)
+                                       reuse_from=bench_seeds.seed_name(reuse_from, seed) if reuse_from else None,
+                                       resume_table=resume_table)
         if len(seed_list) == 1:
             for kind, a in per_seed[seed_list[0]]["averages"].items():
                 click.echo(f"{kind}: {a['tasks']} tasks, mean delta {a['delta']} points ({a['metric']}, seed {seed_list[0]})")
@@ -486,7 +491,7 @@ def bench(tasks: tuple[str, ...], config_path: Optional[str], overrides: tuple[s
             click.echo(f"{kind}: {a['tasks']} tasks, mean delta over seeds {a['delta']} points ({a['metric']})")
         click.echo(f"results: {target.with_suffix('.md')}")
         return
-    data = run_bench(tasks, cfg, method_list, target.with_suffix(""), reuse_from=reuse_from)
+    data = run_bench(tasks, cfg, method_list, target.with_suffix(""), reuse_from=reuse_from, resume_table=resume_table)
     for kind, a in data["averages"].items():
         click.echo(f"{kind}: {a['tasks']} tasks, mean delta {a['delta']} points ({a['metric']})")
     click.echo(f"results: {target.with_suffix('.md')}")
