@@ -75,6 +75,7 @@ def test_presets_layer_under_the_file_and_the_overrides(tmp_path):
     assert paper.evaluate.gate == "off"
     assert (paper.annotate.labeller, paper.annotate.calibration, paper.annotate.balance_by) == ("vote", "none", "random")
     assert (load_config().train.replay_share, paper.train.replay_share) == (0.2, 0.0)
+    assert (load_config().train.lora_learning_rate, paper.train.lora_learning_rate) == (None, 2e-4)
     # every entry of a preset changes a default: one that became the default again is dead
     defaults = flatten(RunConfig())
     for name, values in PRESETS.items():
@@ -89,3 +90,27 @@ def test_presets_layer_under_the_file_and_the_overrides(tmp_path):
         load_config(overrides=["preset=papers"])
     with pytest.raises(ConfigError, match="preset must be one of"):
         load_config(overrides=["preset=[1]"])
+
+
+def test_lora_step_follows_the_task_kind_and_the_preset_and_an_explicit_rate_wins():
+    """LoRA trains at 1e-3 on generation and 2e-4 on classification under the selfguide preset, at 2e-4 on both under
+    the paper's; full finetuning at 5e-5 in both; train.learning_rate overrides either. The train stage's identity
+    holds the resolved rate only, so stages made before train.lora_learning_rate existed (2e-4) keep theirs."""
+    from conftest import EXAMPLE, NIV2
+    from selfguide.stages.context import Context
+    from selfguide.stages.train import learning_rate
+    from selfguide.task import load_task
+
+    generation, classification = load_task(NIV2 / "task1562.paper_prompt.json"), load_task(EXAMPLE)
+    assert (generation.kind, classification.kind) == ("generation", "classification")
+
+    def rate(task, *overrides):
+        return learning_rate(Context(load_config(overrides=list(overrides)), task))
+
+    assert rate(generation) == 1e-3 and rate(classification) == 2e-4
+    assert rate(generation, "preset=paper") == rate(classification, "preset=paper") == 2e-4
+    assert rate(generation, "train.method=full") == rate(classification, "preset=paper", "train.method=full") == 5e-5
+    assert rate(generation, "train.learning_rate=0.003") == rate(classification, "preset=paper", "train.learning_rate=0.003") == 0.003
+    assert rate(classification, "train.lora_learning_rate=0.0005") == rate(generation, "train.lora_learning_rate=0.0005") == 5e-4
+    with pytest.raises(ConfigError, match="train.lora_learning_rate"):
+        load_config(overrides=["train.lora_learning_rate=0"])

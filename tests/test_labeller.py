@@ -351,6 +351,22 @@ def test_gate_settings_are_checked(run_dir):
         make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "evaluate.gate=validation"])
 
 
+def test_gate_scores_at_most_max_items_evenly_spaced_and_never_a_reported_one(run_dir, monkeypatch):
+    from selfguide.stages import gate
+
+    task = NIV2 / "task1529.paper_prompt.json"  # 20 validation items
+    monkeypatch.setattr(gate, "MAX_ITEMS", 5)
+    everything = make_context(task, overrides=[f"run_dir={run_dir}"]).task.split_items("validation")
+    chosen = gate.gate_items(make_context(task, overrides=[f"run_dir={run_dir}"]))  # evaluate.max_items unset
+    assert [it.id for it in chosen] == [everything[i].id for i in (0, 4, 8, 12, 16)]
+    assert len(gate.gate_items(make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.max_items=3"]))) == 3
+    monkeypatch.setattr(gate, "MIN_ITEMS", 5)
+    reported_too = make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.split=validation", "evaluate.max_items=10"])
+    reported = {it.id for it in reported_too.task.split_items("validation")[::2]}
+    left = gate.gate_items(reported_too)
+    assert len(left) == 5 and not {it.id for it in left} & reported
+
+
 def test_gate_auto_gates_where_it_can_and_says_why_where_it_cannot(run_dir, caplog):
     from selfguide.stages.gate import gate_mode
 

@@ -79,7 +79,8 @@ class AnnotateConfig:
 class TrainConfig:
     method: str = "lora"  # lora | full
     epochs: int = 3
-    learning_rate: Optional[float] = None  # None = 5e-5 (full, the paper) / 2e-4 (lora)
+    learning_rate: Optional[float] = None  # None = 5e-5 (full, the paper) / lora_learning_rate (lora)
+    lora_learning_rate: Optional[float] = None  # LoRA's step when learning_rate is unset; None = 1e-3 on generation tasks, 2e-4 on classification (stages/train.py); the paper preset: 2e-4
     batch_size: int = 8
     grad_accum: int = 1
     max_seq_len: int = 1024  # longer examples are dropped (counted), as in the paper
@@ -175,6 +176,7 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "annotate.chunk_size": (1, 100_000, True),
     "train.epochs": (1, 1000, True),
     "train.learning_rate": (0, 1, False),
+    "train.lora_learning_rate": (0, 1, False),
     "train.batch_size": (1, 4096, True),
     "train.grad_accum": (1, 4096, True),
     "train.max_seq_len": (16, 1_000_000, True),
@@ -205,6 +207,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "annotate.calibration": "none",
         "annotate.balance_by": "random",
         "train.replay_share": 0.0,  # synthetic pairs only
+        "train.lora_learning_rate": 2e-4,  # the common LoRA step (peft/QLoRA recipes), what selfguide used before
     },
 }
 

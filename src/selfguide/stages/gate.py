@@ -29,6 +29,10 @@ STAGE = "gate"
 SCALES = (0.0, 0.5, 1.0)
 GATE_SPLIT = "validation"
 MIN_ITEMS = 20  # fewer validation items than this cannot tell three scales apart
+# At most this many validation items, evenly spaced, score each scale: a NIv2 validation split has up to ~650, and
+# three scales over all of them took longer than the rest of a task's evaluations; 200 tell scales apart that differ
+# by a few points, as the development tasks' 100 did (docs/benchmarks/dev/classification-screen.md).
+MAX_ITEMS = 200
 
 
 def _unreported_validation(ctx: Context) -> list[Instance]:
@@ -43,11 +47,11 @@ def _unreported_validation(ctx: Context) -> list[Instance]:
 
 
 def gate_items(ctx: Context) -> list[Instance]:
-    """The validation items the gate scores on: evaluate.max_items of them, evenly spaced, and
-    never one that the reported evaluation uses."""
+    """The validation items the gate scores on: evaluate.max_items of them (at most MAX_ITEMS), evenly
+    spaced, and never one that the reported evaluation uses."""
     from selfguide.stages.evaluate import evenly_spaced
 
-    return evenly_spaced(_unreported_validation(ctx), ctx.cfg.evaluate.max_items)
+    return evenly_spaced(_unreported_validation(ctx), min(ctx.cfg.evaluate.max_items or MAX_ITEMS, MAX_ITEMS))
 
 
 def _cannot_gate(ctx: Context) -> Optional[tuple[str, str]]:
