@@ -137,6 +137,15 @@ def annotate_samples(ctx: Context, input_text: str, samples: list[Completion]) -
     }
 
 
+def vote_chunk(ctx: Context, backend: Any, inputs: list[str], seed: int) -> list[dict[str, Any]]:
+    """The vote's fields for a chunk of inputs: annotate.n samples each under the task prompt, filtered and voted."""
+    a = ctx.cfg.annotate
+    rendered = [backend.render(prompts.task_messages(ctx.task, text)) for text in inputs]
+    outs = backend.generate(rendered, n=a.n, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                            max_new_tokens=resolved_max_new_tokens(ctx), stop=(), seed=seed)
+    return [annotate_samples(ctx, text, samples) for text, samples in zip(inputs, outs)]
+
+
 def score_chunk(ctx: Context, backend: Any, inputs: list[str], orders: list[Any]) -> list[dict[str, Any]]:
     """The scored labeller's fields for a chunk of inputs: the label distribution per order and
     their mean (uncalibrated: the prior is divided out at selection, over the whole pool)."""
@@ -199,7 +208,6 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
     atomic_write_json(key_path, key)
     chunks = [inputs[i : i + a.chunk_size] for i in range(0, len(inputs), a.chunk_size)]
     units = stage.units(ann_path.name, [[x["id"] for x in c] for c in chunks], key="input_id")
-    max_new = resolved_max_new_tokens(ctx)
 
     orders = label_scores.demo_orders(task.examples, a.orders, derive_seed(ctx.cfg.seed, task.id, "orders")) if scored(ctx) else []
 
@@ -208,15 +216,11 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
         for ci in units:
             chunk = chunks[ci]
             backend = ctx.backend()
+            texts = [x["input"] for x in chunk]
             if scored(ctx):
-                labelled = score_chunk(ctx, backend, [x["input"] for x in chunk], orders)
+                labelled = score_chunk(ctx, backend, texts, orders)
             else:
-                rendered = [backend.render(prompts.task_messages(task, x["input"])) for x in chunk]
-                outs = backend.generate(
-                    rendered, n=a.n, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                    max_new_tokens=max_new, stop=(), seed=derive_seed(ctx.cfg.seed, task.id, STAGE, ci),
-                )
-                labelled = [annotate_samples(ctx, x["input"], samples) for x, samples in zip(chunk, outs)]
+                labelled = vote_chunk(ctx, backend, texts, derive_seed(ctx.cfg.seed, task.id, STAGE, ci))
             batch = [{"id": x["id"].replace(":g:", ":a:", 1), "input_id": x["id"], "input": x["input"],
                       "target_label": x.get("target_label"), **fields} for x, fields in zip(chunk, labelled)]
             units.land(ci, batch)
