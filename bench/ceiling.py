@@ -48,22 +48,17 @@ def real_inputs(ctx, seed: int):
 def self_labels(ctx, items, want: int):
     """Label items with the run's vote until `want` pairs are accepted; returns (pairs with the gold
     output beside the model's, items labelled)."""
-    from selfguide import prompts
-    from selfguide.stages.annotate import annotate_samples, resolved_max_new_tokens
+    from selfguide.stages.annotate import vote_chunk
     from selfguide.stages.context import derive_seed
 
-    a = ctx.cfg.annotate
     backend = ctx.backend()
+    chunk_size = ctx.cfg.annotate.chunk_size
     pairs, seen = [], 0
-    for start in range(0, len(items), a.chunk_size):
-        chunk = items[start : start + a.chunk_size]
-        rendered = [backend.render(prompts.task_messages(ctx.task, it.input)) for it in chunk]
-        outs = backend.generate(rendered, n=a.n, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                                max_new_tokens=resolved_max_new_tokens(ctx), stop=(),
-                                seed=derive_seed(ctx.cfg.seed, ctx.task.id, "ceiling", start))
-        for it, samples in zip(chunk, outs):
+    for start in range(0, len(items), chunk_size):
+        chunk = items[start : start + chunk_size]
+        votes = vote_chunk(ctx, backend, [it.input for it in chunk], derive_seed(ctx.cfg.seed, ctx.task.id, "ceiling", start))
+        for it, vote in zip(chunk, votes):
             seen += 1
-            vote = annotate_samples(ctx, it.input, samples)
             if vote["answer"] is not None:
                 pairs.append({"id": f"{ctx.task.id}:r:{it.id}", "input": it.input, "output": vote["answer"],
                               "gold": it.outputs[0], "agreement": vote["agreement"]})
@@ -78,7 +73,7 @@ def run_task(tid: str, cfg, seed: int) -> dict:
     from selfguide.stages.context import Context
     from selfguide.stages.evaluate import evaluate_trained, verdict
     from selfguide.stages.train import run_train
-    from selfguide.store import read_records, write_records
+    from selfguide.store import atomic_write_json, read_records, write_records
     from selfguide.task import load_task
 
     cfg = dataclasses.replace(cfg, seed=seed)
@@ -88,11 +83,11 @@ def run_task(tid: str, cfg, seed: int) -> dict:
     folder = ctx.task_dir / "ceiling"
     folder.mkdir(exist_ok=True)
     self_path, gold_path = folder / "real-self-pairs.jsonl", folder / "real-gold-pairs.jsonl"
-    if not gold_path.exists():
+    if not gold_path.exists():  # the gold pairs are written last: their file marks the labelling done
         pairs, seen = self_labels(ctx, real_inputs(ctx, seed), want)
         write_records(self_path, [{k: p[k] for k in ("id", "input", "output")} for p in pairs])
+        atomic_write_json(folder / "labelled.json", {"labelled": seen, "accepted": len(pairs)})
         write_records(gold_path, [{"id": p["id"], "input": p["input"], "output": p["gold"]} for p in pairs])
-        (folder / "labelled.json").write_text(json.dumps({"labelled": seen, "accepted": len(pairs)}))
     ctx.close_backend()
     labelled = json.loads((folder / "labelled.json").read_text())
     row = {"task": ctx.task.id, "seed": seed, "selfguide_pairs": want, "real_pairs": labelled["accepted"],
@@ -114,6 +109,8 @@ def run_task(tid: str, cfg, seed: int) -> dict:
 def write_md(path: Path, rows: list[dict], header: dict) -> None:
     from statistics import mean
 
+    from selfguide.store import atomic_write_text
+
     lines = ["# Where the generation effect is lost: synthetic inputs or self labels (validation, diagnosis only)", "",
              f"- run: `{header['run']}` (its settings: {header['settings']}); seeds {', '.join(map(str, header['seeds']))}",
              f"- machine: {header['cpu']}; numerics version {header['numerics']}; code {header['code']}",
@@ -131,7 +128,7 @@ def write_md(path: Path, rows: list[dict], header: dict) -> None:
         tr = [r for r in rows if r["task"] == task]
         g = {m: mean(r["scores"][m] - r["scores"]["prompt-fewshot"] for r in tr) for m in SYSTEMS[1:]}
         lines.append(f"| {task} | {g['selfguide']:+.1f} | {g['real-self']:+.1f} | {g['real-gold']:+.1f} |")
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def main() -> int:
@@ -150,7 +147,7 @@ def main() -> int:
     from selfguide.config import load_config
     from selfguide.console import setup_console
     from selfguide.identity import NUMERICS_VERSION
-    from selfguide.store import cpu_vector_flags
+    from selfguide.store import atomic_write_json, cpu_vector_flags
 
     setup_console(0)
     base = load_config(None, ["evaluate.split=validation", *args.overrides])
@@ -167,7 +164,7 @@ def main() -> int:
     header = {"run": args.run, "settings": ", ".join(args.overrides) or "defaults", "seeds": seeds, "numerics": NUMERICS_VERSION,
               "cpu": "2 CPU cores (" + ", ".join(cpu_vector_flags()) + ")", "code": code}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({**header, "rows": rows}, indent=1))
+    atomic_write_json(out.with_suffix(".json"), {**header, "rows": rows})
     write_md(out.with_suffix(".md"), rows, header)
     print(out.with_suffix(".md").read_text())
     return 0
