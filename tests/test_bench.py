@@ -66,6 +66,23 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
     assert set(cls["by_metric"]) == {"exact_match", "paper_exact_match", "rougeL"}
     assert cls["by_metric"][cls["metric"]] == cls["scores"] and "| classification | paper_exact_match |" in md
     assert data["tasks"][0]["icl_shots"] >= 4
+    # classification beside the label prior, recomputed from the predictions the evaluation wrote
+    scitail, generation = data["tasks"]
+    assert "balanced" not in generation and set(scitail["balanced"]) == set(scitail["scores"])
+    run = Path(cfg.run_dir) / cfg.name / "scitail" / "evaluate"
+    for method, value in scitail["balanced"].items():
+        records = [json.loads(line) for line in (run / method / "predictions.jsonl").read_text().splitlines()]
+        gold = sorted({r["references"][0] for r in records})
+        per_class = [[r["scores"]["exact_match"] for r in records if r["references"][0] == g] for g in gold]
+        assert value == pytest.approx(100 * sum(sum(c) / len(c) for c in per_class) / len(gold), abs=0.02)
+        assert scitail["gold_classes"] == len(gold)
+        assert scitail["majority_share"] == pytest.approx(100 * max(map(len, per_class)) / len(records), abs=0.02)
+    assert cls["label_prior"]["balanced"] == {m: scitail["balanced"].get(m) for m in METHODS}
+    assert "## Classification beside the label prior" in md and f"| scitail | {scitail['gold_classes']} |" in md
+    # and the base model's label-signal diagnosis on the same items, as `run` makes it
+    diagnosed = json.loads((Path(cfg.run_dir) / cfg.name / "scitail" / "diagnose" / "MANIFEST.json").read_text())["counts"]
+    assert scitail["diagnosis"]["class_auroc"] == diagnosed["class_auroc"] and scitail["diagnosis"]["items"] == 6
+    assert "diagnosis" not in generation and "| signal (AUROC) |" in md
     # an arm of a comparison says what it changed
     assert data["changed_from_defaults"]["annotate.n"] == 2 and "run_dir" not in data["changed_from_defaults"]
     assert "- preset: selfguide; changed from it: " in md and "annotate.n=2" in md and data["preset"] == "selfguide"

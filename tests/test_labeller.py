@@ -267,14 +267,23 @@ def test_bench_seeds_table(tmp_path):
                           "tasks": [{"task": "t", "kind": "classification", "primary_metric": "exact_match", "numerics": [1],
                                      "scores": {"prompt-fewshot": {"exact_match": 25.0},
                                                 "selfguide": {"exact_match": 100 * sum(sg) / 4}},
-                                     "delta": {"value": 100 * sum(sg) / 4 - 25.0}}]}
+                                     "delta": {"value": 100 * sum(sg) / 4 - 25.0},
+                                     "majority_share": 75.0, "gold_classes": 2,
+                                     "diagnosis": {"class_auroc": 0.5, "no_signal": True},
+                                     "balanced": {"prompt-fewshot": 50.0, "selfguide": 50.0 + seed - 42}}]}
     data = bench_seeds.summarize(per_seed, tmp_path, "b", resamples=200)
     row = data["tasks"][0]
     assert row["scores"]["selfguide"] == {"mean": 62.5, "low": 50.0, "high": 75.0, "per_seed": [50.0, 75.0]}
     assert row["delta"]["value"] == 37.5 and row["positive_seeds"] == 2  # per item: (0, .5, .5... ) averaged
     assert data["averages"]["classification"]["delta"] == 37.5
     bench_seeds.write(tmp_path / "out", data)
-    assert "| t | class | 25.0 [25, 25] | 62.5 [50, 75] | +37.5" in (tmp_path / "out.md").read_text()
+    md = (tmp_path / "out.md").read_text()
+    assert "| t | class | 25.0 [25, 25] | 62.5 [50, 75] | +37.5" in md
+    # beside the label prior: the class-balanced exact match, averaged over seeds
+    assert row["balanced"] == {"prompt-fewshot": 50.0, "selfguide": 50.5} and row["majority_share"] == 75.0
+    prior = data["averages"]["classification"]["label_prior"]
+    assert prior["chance"] == 50.0 and prior["exact_match"] == {"prompt-fewshot": 25.0, "selfguide": 62.5}
+    assert "| t | 2 | 50.0 | 75.0 | 0.50 none | 50.0 | 50.5 |" in md and "| mean balanced (1 tasks) | | 50.0 | | | 50.0 | 50.5 |" in md
 
 
 def test_mbr_picks_the_consensus_of_free_text():

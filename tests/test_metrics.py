@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfguide.metrics import char_lcs_f1, confusion, exact_match, last_label, normalize_answer, paired_bootstrap, paper_exact_match, rouge_l, score_item
+from selfguide.metrics import balanced_exact_match, char_lcs_f1, confusion, majority_share, exact_match, last_label, normalize_answer, paired_bootstrap, paper_exact_match, rouge_l, score_item
 
 
 def test_normalize_answer_is_niv2s():
@@ -56,3 +56,12 @@ def test_paired_bootstrap():
 def test_confusion():
     table = confusion(["a", None, "b"], ["a", "a", "b"], ["a", "b"])
     assert table["a"] == {"a": 1, "b": 0, "<other>": 1} and table["b"]["b"] == 1
+
+
+def test_balanced_exact_match_scores_a_one_label_answerer_at_chance_whatever_the_label_mix():
+    always_yes = {"yes": {"n": 6, "accuracy": 100.0}, "no": {"n": 2, "accuracy": 0.0}, "maybe": {"n": 0, "accuracy": 0.0}}
+    assert majority_share(always_yes) == 75.0  # its exact match
+    assert balanced_exact_match(always_yes) == 50.0  # chance for the two classes present
+    mixed = {"yes": {"n": 6, "accuracy": 50.0}, "no": {"n": 2, "accuracy": 100.0}}
+    assert balanced_exact_match(mixed) == 75.0 and majority_share(mixed) == 75.0
+    assert balanced_exact_match({}) is None and majority_share({}) is None

@@ -8,6 +8,8 @@ Methods (each a system in the task's evaluate/ folder, reusing every finished st
   icl-synthetic     base model prompted with the examples + synthetic pairs, as many as fit ICL_PROMPT_TOKENS
   selfguide         the full method
 Writes <out>.md, <out>.json and <out>.png (per-task deltas); averages per kind as the paper reports.
+A classification row also carries what its exact match means beside the label prior: the commonest gold
+label's share, each method's class-balanced exact match and the base model's label-signal diagnosis.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from selfguide.config import RunConfig
 from selfguide.errors import UserInputError
 from selfguide.identity import NUMERICS_VERSION
+from selfguide.metrics import balanced_exact_match, majority_share
 from selfguide.stages.context import Context
+from selfguide.stages.diagnose import NO_SIGNAL_AUROC, diagnose
 from selfguide.store import atomic_write_json, atomic_write_text, cpu_vector_flags, read_records, versions, write_records
 from selfguide.task import Example, load_task
 
@@ -94,6 +98,7 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
     from selfguide.stages.train import run_train
 
     t0 = time.time()
+    diagnosis = None
     task = ctx.task
     results: dict[str, dict[str, Any]] = {}
     manifests: dict[str, Any] = {}
@@ -108,6 +113,7 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         results["prompt-zeroshot"] = evaluated(evaluate_prompting(ctx, "zeroshot"))
     if "prompt-fewshot" in methods or selfguided:
         results["prompt-fewshot"] = evaluated(evaluate_prompting(ctx, "fewshot"))
+        diagnosis = diagnose(ctx)  # classification only: does the base model separate the classes at all?
     if selfguided or "icl-synthetic" in methods:
         manifests.update(pipeline.synthesize(ctx))
     if "icl-synthetic" in methods:
@@ -140,6 +146,13 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         "wall_seconds": round(sum(_manifest_seconds(m) for m in ctx.task_dir.rglob("MANIFEST.json")), 1),
         "seconds_this_invocation": round(time.time() - t0, 1),
     }
+    label_mixes = {m: r["per_label"] for m, r in results.items() if r.get("per_label")}
+    if label_mixes:  # exact match read beside the label prior: the commonest gold label's share, and the class mean
+        row["majority_share"] = majority_share(next(iter(label_mixes.values())))
+        row["gold_classes"] = len(next(iter(label_mixes.values())))
+        row["balanced"] = {m: balanced_exact_match(mix) for m, mix in label_mixes.items()}
+    if diagnosis:
+        row["diagnosis"] = {k: diagnosis[k] for k in ("class_auroc", "no_signal", "fewshot_top_answer", "fewshot_top_count", "items")}
     if "selfguide" in results and "prompt-fewshot" in results:
         v = verdict(ctx)
         row["delta"] = v["delta"]
@@ -314,6 +327,9 @@ def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str,
                 for name in sorted({k for r in kind_rows for s in r["scores"].values() for k in s})
             },
         }
+        prior = label_prior_average(kind_rows, methods, lambda r, m: r["scores"][m][metric] if m in r["scores"] else None)
+        if prior:
+            averages[kind]["label_prior"] = prior
     header = {
         "model": model, "split": cfg.evaluate.split, "metric_mode": cfg.evaluate.metrics, "seed": cfg.seed,
         "numerics_version": numerics_versions(rows) or [NUMERICS_VERSION], "cpu_flags": cpu_vector_flags(),
@@ -427,6 +443,59 @@ def _markdown(data: dict[str, Any], png: str) -> str:
             gap = (f"{means['selfguide'] - means['prompt-fewshot']:+.1f}"
                    if means.get("selfguide") is not None and means.get("prompt-fewshot") is not None else "-")
             lines.append(f"| {kind} | {name} | " + " | ".join(cells) + f" | {gap} |")
+    lines += label_prior_lines(data)
     lines += ["", "The paper (Vicuna-7B, full finetuning) reports +14.5 exact match (classification) and +17.9 ROUGE-L (generation) "
               "over few-shot prompting, on its held-out tasks with its own metrics.", "", f"![per-task deltas]({png})", ""]
     return "\n".join(lines)
+
+
+def label_prior_average(rows: list[dict[str, Any]], methods: Sequence[str],
+                        exact_match: Callable[[dict[str, Any], str], Optional[float]]) -> Optional[dict[str, Any]]:
+    """Means over the rows that carry the label-prior fields (rows made before they existed lack them)."""
+    rows = [r for r in rows if r.get("balanced")]
+    if not rows:
+        return None
+
+    def mean(values: list[Optional[float]]) -> Optional[float]:
+        return _mean([v for v in values if v is not None])
+
+    return {"tasks": len(rows), "majority_share": mean([r["majority_share"] for r in rows]),
+            "chance": mean([100 / r["gold_classes"] for r in rows]),
+            "exact_match": {m: mean([exact_match(r, m) for r in rows]) for m in methods},
+            "balanced": {m: mean([r["balanced"].get(m) for r in rows]) for m in methods}}
+
+
+def label_prior_lines(data: dict[str, Any]) -> list[str]:
+    """Classification read beside the label prior: exact match rewards answering the commonest gold label, so each
+    task shows that label's share and the class-balanced exact match (chance = 100 / classes whatever the mix)."""
+    rows = [r for r in data["tasks"] if r.get("balanced")]
+    if not rows:
+        return []
+    methods = [m for m in data["methods"] if any(m in r["balanced"] for r in rows)]
+    lines = ["", "## Classification beside the label prior", "",
+             "Exact match rewards leaning toward the commonest gold label; the class-balanced exact match (the mean over "
+             "the gold classes of each one's exact match) does not: answering one label always scores 100 / classes "
+             "(chance). Cells: balanced exact match; a gain there is a gain in telling the classes apart. Signal: the "
+             "base model's diagnosis on the same items (one-vs-rest AUROC of its calibrated label scores, 0.5 = none; "
+             f"`none` at or below {NO_SIGNAL_AUROC}: its own labels cannot teach it the task).", "",
+             "| task | classes | chance | majority-label share | signal (AUROC) | " + " | ".join(methods) + " |",
+             "|---|---:|---:|---:|---|" + "---:|" * len(methods)]
+    for r in rows:
+        cells = [f"{r['balanced'][m]:.1f}" if r["balanced"].get(m) is not None else "-" for m in methods]
+        lines.append(f"| {r['task']} | {r['gold_classes']} | {100 / r['gold_classes']:.1f} | {r['majority_share']:.1f} | "
+                     f"{_signal(r.get('diagnosis'))} | " + " | ".join(cells) + " |")
+    prior = data["averages"].get("classification", {}).get("label_prior")
+    if prior:
+        em = [f"{prior['exact_match'][m]:.1f}" if prior["exact_match"].get(m) is not None else "-" for m in methods]
+        bal = [f"{prior['balanced'][m]:.1f}" if prior["balanced"].get(m) is not None else "-" for m in methods]
+        lines += [f"| mean exact match ({prior['tasks']} tasks) | | | {prior['majority_share']:.1f} | | " + " | ".join(em) + " |",
+                  f"| mean balanced ({prior['tasks']} tasks) | | {prior['chance']:.1f} | | | " + " | ".join(bal) + " |"]
+    return lines
+
+
+def _signal(diagnosis: Optional[dict[str, Any]]) -> str:
+    if not diagnosis:
+        return "-"
+    if diagnosis["class_auroc"] is None:
+        return "one class"
+    return f"{diagnosis['class_auroc']:.2f}" + (" none" if diagnosis["no_signal"] else "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from selfguide.bench import label_prior_average, label_prior_lines
 from selfguide.metrics import paired_bootstrap
 from selfguide.store import atomic_write_json, atomic_write_text, read_records
 
@@ -64,6 +65,11 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
                "numerics": sorted({v for s in seeds for v in by_seed[s].get("numerics", [0])}),
                "delta_per_seed": deltas, "positive_seeds": sum(d > 0 for d in deltas),
                "delta": pooled_delta([run_root / seed_name(name, s) for s in seeds], task, metric, resamples, seeds[0])}
+        if all(by_seed[s].get("balanced") for s in seeds):  # the items are the same for every seed, so is the gold mix
+            row |= {"majority_share": by_seed[seeds[0]]["majority_share"], "gold_classes": by_seed[seeds[0]]["gold_classes"],
+                    "diagnosis": by_seed[seeds[0]].get("diagnosis"),  # the base model on the same items: one per task
+                    "balanced": {m: round(sum(v) / len(v), 2) for m in methods
+                                 if (v := [by_seed[s]["balanced"][m] for s in seeds if by_seed[s]["balanced"].get(m) is not None])}}
         if "selfguide-gated" in methods:
             gated = [by_seed[s]["delta_gated"]["value"] for s in seeds if by_seed[s].get("delta_gated")]
             # None: auto found no room for the gate on this task (the ungated model is reported)
@@ -86,6 +92,9 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
             "significant_losses": sum(1 for r in kr if r["delta"] and r["delta"]["ci_high"] < 0),
             "significant_gains": sum(1 for r in kr if r["delta"] and r["delta"]["ci_low"] > 0),
         }
+        prior = label_prior_average(kr, methods, lambda r, m: r["scores"][m]["mean"] if m in r["scores"] else None)
+        if prior:
+            averages[kind]["label_prior"] = prior
         gated = [r["delta_gated"] for r in kr if r.get("delta_gated")]
         if gated:
             averages[kind]["delta_gated"] = round(sum(d["value"] for d in gated) / len(gated), 2)
@@ -141,5 +150,6 @@ def write(out: Path, data: dict[str, Any]) -> None:
             if "delta_gated" in a:
                 lines.append(f"\n{kind}: mean gated delta {a['delta_gated']:+.1f} (ungated {a['delta']:+.1f}); "
                              f"significant losses {a['significant_losses_gated']} gated, {a['significant_losses']} ungated")
+    lines += label_prior_lines(data)
     atomic_write_json(out.with_suffix(".json"), data)
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
