@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfguide.metrics import balanced_exact_match, char_lcs_f1, confusion, majority_share, exact_match, last_label, normalize_answer, paired_bootstrap, paper_exact_match, rouge_l, score_item
+from selfguide.metrics import balanced_exact_match, char_lcs_f1, confusion, exact_match, last_label, majority_share, normalize_answer, paired_bootstrap, paper_exact_match, rouge_l, score_item
 
 
 def test_normalize_answer_is_niv2s():

@@ -148,8 +148,9 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
     }
     label_mixes = {m: r["per_label"] for m, r in results.items() if r.get("per_label")}
     if label_mixes:  # exact match read beside the label prior: the commonest gold label's share, and the class mean
-        row["majority_share"] = majority_share(next(iter(label_mixes.values())))
-        row["gold_classes"] = len(next(iter(label_mixes.values())))
+        gold_mix = next(iter(label_mixes.values()))  # every method scores the same items
+        row["majority_share"] = majority_share(gold_mix)
+        row["gold_classes"] = len(gold_mix)
         row["balanced"] = {m: balanced_exact_match(mix) for m, mix in label_mixes.items()}
     if diagnosis:
         row["diagnosis"] = {k: diagnosis[k] for k in ("class_auroc", "no_signal", "fewshot_top_answer", "fewshot_top_count", "items")}
