@@ -60,7 +60,12 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
         assert {"value", "ci_low", "ci_high"} <= set(row["delta"])
         assert row["inputs"]["raw"] == row["inputs"]["kept"] + sum(row["inputs"]["rejected"].values())
     assert set(data["averages"]) == {"classification", "generation"}
+    for kind, a in data["averages"].items():  # significant = the 95% CI wholly on one side of 0
+        deltas = [r["delta"] for r in data["tasks"] if r["kind"] == kind]
+        assert a["significant_gains"] == sum(d["ci_low"] > 0 for d in deltas)
+        assert a["significant_losses"] == sum(d["ci_high"] < 0 for d in deltas) and "delta_gated" not in a
     md = out.with_suffix(".md").read_text()
+    assert "gated delta" not in md  # no gated column without the gated method
     assert "| scitail | classification |" in md and "Averages per kind" in md and out.with_suffix(".png").exists()
     cls = data["averages"]["classification"]
     assert set(cls["by_metric"]) == {"exact_match", "paper_exact_match", "rougeL"}
@@ -180,3 +185,16 @@ def test_end_to_end_table_compares_backends_with_and_without_training(tmp_path, 
     (tmp_path / "e2e.md").unlink()
     e2e.write(args, rows, json.loads((tmp_path / "e2e.json").read_text())["meta"])  # --render
     assert (tmp_path / "e2e.md").read_text() == table
+
+
+def test_delta_counts_name_significant_gains_and_losses_of_both_models():
+    """A 95% CI touching 0 is no significant change; the gated counts cover only rows where the gate ran."""
+    def ci(value, low, high):
+        return {"value": value, "ci_low": low, "ci_high": high}
+
+    rows = [{"delta": ci(5.0, 1.0, 9.0), "delta_gated": ci(5.0, 1.0, 9.0)},
+            {"delta": ci(-9.5, -15.0, -4.0), "delta_gated": ci(0.0, 0.0, 0.0)},
+            {"delta": ci(-1.0, -3.0, 0.0)}]
+    assert bench.delta_counts(rows) == {"significant_gains": 1, "significant_losses": 1, "delta_gated": 2.5,
+                                        "significant_gains_gated": 1, "significant_losses_gated": 0}
+    assert bench.delta_counts([{"delta": None}]) == {}

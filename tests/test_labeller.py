@@ -444,6 +444,12 @@ def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validatio
     assert ids["gate-scale-1"] == ids["gate-scale-0"] and ids["selfguide-gated"] == ids["prompt-fewshot"]
     assert row["gate"]["part"] == "rest" and row["gate"]["scale"] == choose_scale({float(k): v for k, v in row["gate"]["scores"].items()})
     assert set(row["scores"]) == {"prompt-fewshot", "selfguide", "selfguide-gated"} and {"value", "ci_low"} <= set(row["delta_gated"])
+    # the per-seed table shows the gated model's delta beside selfguide's, and counts its significant losses
+    d, g = row["delta"], row["delta_gated"]
+    assert (f"| {d['value']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}] | {g['value']:+.1f} [{g['ci_low']:+.1f}, "
+            f"{g['ci_high']:+.1f}] |") in (run_dir / "out.md").read_text()
+    averages = data["averages"]["classification"]
+    assert averages["delta_gated"] == g["value"] and averages["significant_losses_gated"] == int(g["ci_high"] < 0)
     summary = bench_seeds.summarize({42: data}, run_dir, "g", resamples=50)
     assert summary["tasks"][0]["gate_scales"] == [row["gate"]["scale"]] and "delta_gated" in summary["averages"]["classification"]
     bench_seeds.write(run_dir / "seeds", summary)

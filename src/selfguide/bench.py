@@ -322,6 +322,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str,
             "scores": {m: _mean([r["scores"][m][metric] for r in kind_rows if m in r["scores"]]) for m in methods},
             "delta": _mean([r["delta"]["value"] for r in kind_rows if r.get("delta")]),
             "positive_deltas": sum(1 for r in kind_rows if r.get("delta") and r["delta"]["value"] > 0),
+            **delta_counts(kind_rows),
             # every stored metric, the paper-compatible ones too: {metric: {method: mean}}
             "by_metric": {
                 name: {m: _mean([r["scores"][m][name] for r in kind_rows if name in r["scores"].get(m, {})]) for m in methods}
@@ -349,6 +350,25 @@ def write_results(out: Path, rows: list[dict[str, Any]], pending: list[dict[str,
     return data
 
 
+def delta_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many tasks gained or lost significantly (95% CI wholly above or below 0), for selfguide and, where it ran,
+    for the gated model `run` hands over, with the gated mean: a mean can hide one task's significant loss."""
+    counts: dict[str, Any] = {}
+    for key, suffix in (("delta", ""), ("delta_gated", "_gated")):
+        deltas = [r[key] for r in rows if r.get(key)]
+        if not deltas:
+            continue
+        if suffix:
+            counts["delta_gated"] = _mean([d["value"] for d in deltas])
+        counts["significant_gains" + suffix] = sum(1 for d in deltas if d["ci_low"] > 0)
+        counts["significant_losses" + suffix] = sum(1 for d in deltas if d["ci_high"] < 0)
+    return counts
+
+
+def _ci(d: Optional[dict[str, Any]]) -> str:
+    return f"{d['value']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d else "-"
+
+
 def _gpu_name() -> Optional[str]:
     try:
         import torch
@@ -371,7 +391,22 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         vals = [r["delta"]["value"] for r in with_delta]
         errs = [[v - r["delta"]["ci_low"] for v, r in zip(vals, with_delta)], [r["delta"]["ci_high"] - v for v, r in zip(vals, with_delta)]]
         colors = ["#4f81bd" if r["kind"] == "classification" else "#9bbb59" for r in with_delta]
-        ax.bar(xs, vals, yerr=errs, color=colors, capsize=2)
+        gated = [r.get("delta_gated") for r in with_delta]
+        width = 0.4 if any(gated) else 0.8
+        ax.bar([x - width / 2 * any(gated) for x in xs], vals, width, yerr=errs, color=colors, capsize=2)
+        if any(gated):  # hatched: the gated model `run` hands over
+            gx = [x + width / 2 for x, g in zip(xs, gated) if g]
+            gv = [g["value"] for g in gated if g]
+            gerr = [[g["value"] - g["ci_low"] for g in gated if g], [g["ci_high"] - g["value"] for g in gated if g]]
+            ax.bar(gx, gv, width, yerr=gerr, color="white", edgecolor=[c for c, g in zip(colors, gated) if g], hatch="//",
+                   capsize=2)
+        from matplotlib.patches import Patch
+
+        key = [Patch(color="#4f81bd", label="classification"), Patch(color="#9bbb59", label="generation")]
+        if any(gated):
+            key += [Patch(facecolor="grey", label="selfguide"),
+                    Patch(facecolor="white", edgecolor="grey", hatch="//", label="selfguide-gated")]
+        ax.legend(handles=key, fontsize=8, ncol=2)
         ax.set_xticks(list(xs), [r["task"] for r in with_delta], rotation=60, ha="right", fontsize=8)
     ax.axhline(0, color="black", lw=0.8)
     ax.set(ylabel="selfguide - prompt-fewshot (points)", title="Per-task gain over few-shot prompting (95% CI)")
@@ -393,6 +428,7 @@ def _other_machines(data: dict[str, Any]) -> list[str]:
 
 def _markdown(data: dict[str, Any], png: str) -> str:
     methods = data["methods"]
+    gated = any(r.get("delta_gated") for r in data["tasks"])
     m = data["model"]
     lines = [
         f"# NIv2 benchmark: {m['name']}", "",
@@ -415,26 +451,35 @@ def _markdown(data: dict[str, Any], png: str) -> str:
         "see README 'Configuration'",
         "- minutes = compute time of every stage a task's row rests on, summed from the stage manifests (reused stages count)",
         "", "Scores in points (0-100) on each task's primary metric (exact match for classification, ROUGE-L for generation).",
-        "Delta = selfguide - prompt-fewshot with a paired bootstrap 95% CI over items.", "",
-        "| task | kind | " + " | ".join(methods) + " | delta [95% CI] | inputs kept/raw | pairs | minutes |",
-        "|---|---|" + "---:|" * len(methods) + "---|---:|---:|---:|",
+        "Delta = selfguide - prompt-fewshot with a paired bootstrap 95% CI over items"
+        + ("; gated delta = the same for `selfguide-gated`, the model `run` hands over (the LoRA scale in {0, 0.5, 1} "
+           "that scored best on validation items the table does not use; 0 keeps the base model)." if gated else "."), "",
+        "| task | kind | " + " | ".join(methods) + " | delta [95% CI] |" + (" gated delta [95% CI] |" if gated else "")
+        + " inputs kept/raw | pairs | minutes |",
+        "|---|---|" + "---:|" * len(methods) + "---|" + ("---|" if gated else "") + "---:|---:|---:|",
     ]
     for r in data["tasks"]:
         metric = r["primary_metric"]
         cells = [f"{r['scores'][mm][metric]:.1f}" if mm in r["scores"] else "-" for mm in methods]
-        d = r.get("delta")
-        delta = f"{d['value']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d else "-"
         inputs = f"{r['inputs']['kept']}/{r['inputs']['raw']}" if r.get("inputs") else "-"
-        lines.append(f"| {r['task']} | {r['kind']} | " + " | ".join(cells) + f" | {delta} | {inputs} | {r.get('pairs', '-')} "
+        lines.append(f"| {r['task']} | {r['kind']} | " + " | ".join(cells) + f" | {_ci(r.get('delta'))} |"
+                     + (f" {_ci(r.get('delta_gated'))} |" if gated else "") + f" {inputs} | {r.get('pairs', '-')} "
                      f"| {r['wall_seconds'] / 60:.1f} |")
     for p in data["pending"]:
-        lines.append(f"| {p['task']} | pending | " + " | ".join("-" for _ in methods) + f" | {p['reason']} | - | - | - |")
-    lines += ["", "## Averages per kind", "", "| kind | tasks | metric | " + " | ".join(methods) + " | mean delta | tasks with a gain |",
-              "|---|---:|---|" + "---:|" * len(methods) + "---:|---:|"]
+        lines.append(f"| {p['task']} | pending | " + " | ".join("-" for _ in methods) + f" | {p['reason']} |"
+                     + (" - |" if gated else "") + " - | - | - |")
+    lines += ["", "## Averages per kind", "", "| kind | tasks | metric | " + " | ".join(methods) + " | mean delta | tasks with a gain "
+              "| significant gains / losses |" + (" gated mean delta | gated significant gains / losses |" if gated else ""),
+              "|---|---:|---|" + "---:|" * len(methods) + "---:|---:|---:|" + ("---:|---:|" if gated else "")]
     for kind, a in data["averages"].items():
         cells = [f"{a['scores'][mm]:.1f}" if a["scores"].get(mm) is not None else "-" for mm in methods]
         delta = f"{a['delta']:+.1f}" if a["delta"] is not None else "-"
-        lines.append(f"| {kind} | {a['tasks']} | {a['metric']} | " + " | ".join(cells) + f" | {delta} | {a['positive_deltas']} |")
+        significant = f"{a['significant_gains']} / {a['significant_losses']}" if "significant_gains" in a else "-"
+        line = f"| {kind} | {a['tasks']} | {a['metric']} | " + " | ".join(cells) + f" | {delta} | {a['positive_deltas']} | {significant} |"
+        if gated:
+            line += (f" {a['delta_gated']:+.1f} | {a['significant_gains_gated']} / {a['significant_losses_gated']} |"
+                     if "delta_gated" in a else " - | - |")
+        lines.append(line)
     lines += ["", "Every metric the evaluation stores (`paper_*`: the paper-compatible definitions, README 'Results, metrics and "
               "honesty'); delta = difference of the means:", "",
               "| kind | metric | " + " | ".join(methods) + " | selfguide - prompt-fewshot |", "|---|---|" + "---:|" * (len(methods) + 1)]

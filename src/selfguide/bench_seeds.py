@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from selfguide.bench import label_prior_average, label_prior_lines
+from selfguide.bench import delta_counts, label_prior_average, label_prior_lines
 from selfguide.metrics import paired_bootstrap
 from selfguide.store import atomic_write_json, atomic_write_text, read_records
 
@@ -89,16 +89,11 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
             "tasks": len(kr), "metric": kr[0]["primary_metric"],
             "scores": {m: round(sum(v) / len(v), 2) if v else None for m, v in means.items()},
             "delta": round(sum(with_delta) / len(with_delta), 2) if with_delta else None,
-            "significant_losses": sum(1 for r in kr if r["delta"] and r["delta"]["ci_high"] < 0),
-            "significant_gains": sum(1 for r in kr if r["delta"] and r["delta"]["ci_low"] > 0),
+            **delta_counts(kr),
         }
         prior = label_prior_average(kr, methods, lambda r, m: r["scores"][m]["mean"] if m in r["scores"] else None)
         if prior:
             averages[kind]["label_prior"] = prior
-        gated = [r["delta_gated"] for r in kr if r.get("delta_gated")]
-        if gated:
-            averages[kind]["delta_gated"] = round(sum(d["value"] for d in gated) / len(gated), 2)
-            averages[kind]["significant_losses_gated"] = sum(1 for d in gated if d["ci_high"] < 0)
     header = {k: first[k] for k in ("model", "split", "metric_mode", "cpu_flags", "machine", "versions", "changed_from_defaults")}
     header["preset"] = first.get("preset", "paper (made before presets existed)")
     return {**header, "seeds": seeds, "methods": methods, "tasks": rows, "averages": averages,
@@ -133,7 +128,7 @@ def write(out: Path, data: dict[str, Any]) -> None:
         cells = [f"{a['scores'][mm]:.1f}" if a["scores"].get(mm) is not None else "-" for mm in methods]
         delta = f"{a['delta']:+.1f}" if a["delta"] is not None else "-"
         lines.append(f"| {kind} | {a['tasks']} | {a['metric']} | " + " | ".join(cells) + f" | {delta} | "
-                     f"{a['significant_gains']} / {a['significant_losses']} |")
+                     + (f"{a['significant_gains']} / {a['significant_losses']} |" if "significant_gains" in a else "- |"))
     gated_rows = [r for r in data["tasks"] if "delta_gated" in r]
     if gated_rows:
         lines += ["", "Do-no-harm gate (`selfguide-gated`): the LoRA scale in {0, 0.5, 1} that scored best on validation items "
