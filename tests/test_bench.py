@@ -14,6 +14,7 @@ from conftest import EXAMPLE, NIV2, ROOT
 from selfguide import bench
 from selfguide.backends.fake import FakeBackend
 from selfguide.config import load_config
+from selfguide.store import read_records
 
 TASKS = [str(EXAMPLE), str(NIV2 / "task1562.paper_prompt.json")]
 METHODS = [m for m in bench.METHODS if m != "selfguide-gated"]  # scitail has no validation split to gate on (test_labeller)
@@ -88,6 +89,15 @@ def test_bench_all_methods_and_resume(tmp_path, tiny_model, monkeypatch):
     diagnosed = json.loads((Path(cfg.run_dir) / cfg.name / "scitail" / "diagnose" / "MANIFEST.json").read_text())["counts"]
     assert scitail["diagnosis"]["class_auroc"] == diagnosed["class_auroc"] and scitail["diagnosis"]["items"] == 6
     assert "diagnosis" not in generation and "| signal (AUROC) |" in md
+    # finetune-fewshot trains on the real examples, and its stage says so (not "synthetic pairs")
+    from selfguide.stages.train import training_data_words
+
+    task_dir = Path(cfg.run_dir) / cfg.name / "scitail"
+    few = json.loads((task_dir / "train-fewshot" / "MANIFEST.json").read_text())["counts"]
+    synthetic = json.loads((task_dir / "train" / "MANIFEST.json").read_text())["counts"]
+    assert few["source"] == "examples" and few["pairs"] == len(read_records(task_dir / "fewshot-pairs.jsonl"))
+    assert training_data_words(few) == f"{few['pairs']} pairs of the real examples"
+    assert synthetic["source"] == "annotate" and training_data_words(synthetic).startswith(f"{synthetic['pairs']} synthetic pairs")
     # an arm of a comparison says what it changed
     assert data["changed_from_defaults"]["annotate.n"] == 2 and "run_dir" not in data["changed_from_defaults"]
     assert "- preset: selfguide; changed from it: " in md and "annotate.n=2" in md and data["preset"] == "selfguide"

@@ -76,9 +76,11 @@ def build_examples(ctx: Context, tok: Any, pairs: list[dict[str, Any]]) -> tuple
 
 
 def training_data_words(counts: dict[str, Any]) -> str:
-    """'40 synthetic pairs + 12 rows of the real examples (1 dropped as too long)' for cards and reports."""
+    """'40 synthetic pairs + 12 rows of the real examples (1 dropped as too long)' for cards and reports;
+    '3 pairs of the real examples' for a model trained on the examples alone (the bench's finetune-fewshot)."""
     replayed = counts.get("replayed_examples", 0)
-    words = f"{counts['pairs']} synthetic pairs" + (f" + {replayed} rows of the real examples" if replayed else "")
+    pairs = f"{counts['pairs']} pairs of the real examples" if counts.get("source") == "examples" else f"{counts['pairs']} synthetic pairs"
+    words = pairs + (f" + {replayed} rows of the real examples" if replayed else "")
     return words + (f" ({counts['dropped_too_long']} dropped as too long)" if counts.get("dropped_too_long") else "")
 
 
@@ -237,7 +239,8 @@ def _barrier() -> None:
 
 
 def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -> dict[str, Any]:
-    """Finetune on `pairs_path` (default: the annotate stage's pairs) into the stage folder `name`.
+    """Finetune on `pairs_path` (default: the annotate stage's pairs; another file holds the task's real examples,
+    which is how the bench's finetune-fewshot trains) into the stage folder `name`.
 
     Under `accelerate launch` (data parallel, N processes) every process trains on its share of
     each global batch and takes part in saving (ZeRO-3/FSDP gather the weights); rank 0 alone
@@ -272,7 +275,8 @@ def run_train(ctx: Context, pairs_path: Path | None = None, name: str = STAGE) -
     trainer = make_trainer(ctx, stage, args, build_model(ctx, base_dir), examples, tok, prefix_len)
     checkpoint = resume_point(stage, rank, world)
     t = ctx.cfg.train
-    data = {"pairs": len(pairs) - replayed, "replayed_examples": replayed, "trained_on": len(examples), "dropped_too_long": too_long}
+    data = {"pairs": len(pairs) - replayed, "replayed_examples": replayed, "trained_on": len(examples), "dropped_too_long": too_long,
+            "source": "annotate" if pairs_path == ctx.stage_dir("annotate") / "pairs.jsonl" else "examples"}
     log.info("train[%s]: %s finetuning on %s for %d epochs (lr %g, bf16 %s)", ctx.task.id, t.method,
              training_data_words(data), t.epochs, learning_rate(ctx), args.bf16)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
