@@ -47,6 +47,38 @@ def test_disk_full_is_one_line_and_resumable(tmp_path, monkeypatch):
         assert (tmp_path / "runs/default/scitail" / f).read_bytes() == (fresh / "default/scitail" / f).read_bytes()
 
 
+def test_disk_full_reported_in_words_by_native_code_is_one_line_too(tmp_path, monkeypatch):
+    """safetensors' writer reports a full disk as its own exception with the OS message inside (seen when a
+    training run filled the disk); the CLI must read that as disk full, and anything else stays a failure."""
+    class NativeWriterError(Exception):
+        pass
+
+    def full_disk(path, records):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:  # wrapped, as a library re-raising it would
+            raise RuntimeError("save failed") from exc
+
+    args = ["annotate", str(EXAMPLE), "--backend", "fake", "--run-dir", str(tmp_path), "--set", "generate.target_inputs=40"]
+    monkeypatch.setattr("selfguide.store.append_records", full_disk)
+    wrapped = CliRunner().invoke(cli, args)
+    assert wrapped.exit_code == 1 and "disk full while writing the run directory" in wrapped.output
+
+    def native(path, records):
+        raise NativeWriterError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("selfguide.store.append_records", native)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "disk full" in result.output and "resume" in result.output
+
+    def other(path, records):
+        raise NativeWriterError("Error while serializing: invalid header")
+
+    monkeypatch.setattr("selfguide.store.append_records", other)
+    result = CliRunner().invoke(cli, args)
+    assert isinstance(result.exception, NativeWriterError) and "disk full" not in result.output
+
+
 def test_out_of_memory_names_the_knob(tiny_model, monkeypatch):
     backend = get_backend("hf", model=str(tiny_model), dtype="float32", batch_size=4)
 

@@ -29,16 +29,35 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume where it stopped", err=True)
             ctx.exit(130)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                click.echo(f"error: disk full while writing {exc.filename or 'the run directory'}; free space or use "
-                           "--run-dir on another disk, then run the same command again to resume", err=True)
-                ctx.exit(1)
-            raise
         except MemoryError:
             click.echo("error: out of memory; lower model.batch_size (or train.batch_size / the stage's max_new_tokens), "
                        "then run the same command again to resume", err=True)
             ctx.exit(1)
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is None:
+                raise
+            click.echo(f"error: disk full while writing {full}; free space or use --run-dir on another disk, then run "
+                       "the same command again to resume", err=True)
+            ctx.exit(1)
+
+
+DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full(exc: BaseException) -> Optional[str]:
+    """What was being written when the disk filled ('the run directory' when unnamed), or None for another failure.
+    Libraries that write in native code report it in words, not as an OSError (safetensors: 'Error while
+    serializing: I/O error: No space left on device (os error 28)'), and may wrap it in their own exception."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(exc.filename or "the run directory")
+        if any(words in str(exc) for words in DISK_FULL_WORDS):
+            return "the run directory"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 
