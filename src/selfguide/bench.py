@@ -365,7 +365,8 @@ def delta_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return counts
 
 
-def _ci(d: Optional[dict[str, Any]]) -> str:
+def ci_cell(d: Optional[dict[str, Any]]) -> str:
+    """A delta with its 95% CI as a table cell, `-` where there is none."""
     return f"{d['value']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d else "-"
 
 
@@ -392,9 +393,10 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         errs = [[v - r["delta"]["ci_low"] for v, r in zip(vals, with_delta)], [r["delta"]["ci_high"] - v for v, r in zip(vals, with_delta)]]
         colors = ["#4f81bd" if r["kind"] == "classification" else "#9bbb59" for r in with_delta]
         gated = [r.get("delta_gated") for r in with_delta]
-        width = 0.4 if any(gated) else 0.8
-        ax.bar([x - width / 2 * any(gated) for x in xs], vals, width, yerr=errs, color=colors, capsize=2)
-        if any(gated):  # hatched: the gated model `run` hands over
+        has_gated = any(gated)
+        width = 0.4 if has_gated else 0.8
+        ax.bar([x - width / 2 * has_gated for x in xs], vals, width, yerr=errs, color=colors, capsize=2)
+        if has_gated:  # hatched: the gated model `run` hands over
             gx = [x + width / 2 for x, g in zip(xs, gated) if g]
             gv = [g["value"] for g in gated if g]
             gerr = [[g["value"] - g["ci_low"] for g in gated if g], [g["ci_high"] - g["value"] for g in gated if g]]
@@ -403,7 +405,7 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         from matplotlib.patches import Patch
 
         key = [Patch(color="#4f81bd", label="classification"), Patch(color="#9bbb59", label="generation")]
-        if any(gated):
+        if has_gated:
             key += [Patch(facecolor="grey", label="selfguide"),
                     Patch(facecolor="white", edgecolor="grey", hatch="//", label="selfguide-gated")]
         ax.legend(handles=key, fontsize=8, ncol=2)
@@ -462,8 +464,8 @@ def _markdown(data: dict[str, Any], png: str) -> str:
         metric = r["primary_metric"]
         cells = [f"{r['scores'][mm][metric]:.1f}" if mm in r["scores"] else "-" for mm in methods]
         inputs = f"{r['inputs']['kept']}/{r['inputs']['raw']}" if r.get("inputs") else "-"
-        lines.append(f"| {r['task']} | {r['kind']} | " + " | ".join(cells) + f" | {_ci(r.get('delta'))} |"
-                     + (f" {_ci(r.get('delta_gated'))} |" if gated else "") + f" {inputs} | {r.get('pairs', '-')} "
+        lines.append(f"| {r['task']} | {r['kind']} | " + " | ".join(cells) + f" | {ci_cell(r.get('delta'))} |"
+                     + (f" {ci_cell(r.get('delta_gated'))} |" if gated else "") + f" {inputs} | {r.get('pairs', '-')} "
                      f"| {r['wall_seconds'] / 60:.1f} |")
     for p in data["pending"]:
         lines.append(f"| {p['task']} | pending | " + " | ".join("-" for _ in methods) + f" | {p['reason']} |"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from selfguide.bench import delta_counts, label_prior_average, label_prior_lines
+from selfguide.bench import ci_cell, delta_counts, label_prior_average, label_prior_lines
 from selfguide.metrics import paired_bootstrap
 from selfguide.store import atomic_write_json, atomic_write_text, read_records
 
@@ -119,9 +119,7 @@ def write(out: Path, data: dict[str, Any]) -> None:
         for mm in methods:
             s = r["scores"].get(mm)
             cells.append(f"{s['mean']:.1f} [{s['low']:.0f}, {s['high']:.0f}]" if s else "-")
-        d = r["delta"]
-        delta = f"{d['value']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d else "-"
-        lines.append(f"| {r['task']} | {r['kind'][:5]} | " + " | ".join(cells) + f" | {delta} | {r['positive_seeds']}/{len(seeds)} |")
+        lines.append(f"| {r['task']} | {r['kind'][:5]} | " + " | ".join(cells) + f" | {ci_cell(r['delta'])} | {r['positive_seeds']}/{len(seeds)} |")
     lines += ["", "| kind | tasks | metric | " + " | ".join(methods) + " | mean delta | significant gains / losses |",
               "|---|---:|---|" + "---:|" * len(methods) + "---:|---|"]
     for kind, a in data["averages"].items():
@@ -137,10 +135,9 @@ def write(out: Path, data: dict[str, Any]) -> None:
                   "|---|---|---:|---|---|"]
         for r in gated_rows:
             d, g = r["delta"], r["delta_gated"]
-            gd = f"{g['value']:+.1f} [{g['ci_low']:+.1f}, {g['ci_high']:+.1f}]" if g else "-"
             ungated = f"{d['value']:+.1f}" if d else "-"
             loss = ("yes" if g and g["ci_high"] < 0 else "no") if d else "-"
-            lines.append(f"| {r['task']} | {', '.join('no room' if x is None else f'{x:g}' for x in r['gate_scales'])} | {ungated} | {gd} | {loss} |")
+            lines.append(f"| {r['task']} | {', '.join('no room' if x is None else f'{x:g}' for x in r['gate_scales'])} | {ungated} | {ci_cell(g)} | {loss} |")
         for kind, a in data["averages"].items():
             if "delta_gated" in a:
                 lines.append(f"\n{kind}: mean gated delta {a['delta_gated']:+.1f} (ungated {a['delta']:+.1f}); "
