@@ -108,3 +108,4 @@ def test_training_resumes_from_last_checkpoint(run_dir, tiny_model):
     assert manifest["counts"]["steps"] == 2 * first_epoch_steps
     steps = [r["step"] for r in read_records(ctx.task_dir / "train" / "metrics.jsonl")]
     assert steps == list(range(1, 2 * first_epoch_steps + 1))  # no step logged twice, none missing
+    assert not (ctx.task_dir / "train" / "checkpoints").exists()  # resume state only: a finished stage drops it

@@ -115,6 +115,21 @@ def test_placeholder_filter_is_opt_in_and_runs_after_noise():
     assert check_input("Does this dog breed live long?", None, (), d, placeholder_filter=True) is None
 
 
+def test_input_form_rule_holds_only_when_every_example_input_keeps_it():
+    from selfguide.filters import input_form
+
+    d = DedupIndex(None)
+    asks = input_form(["Who won?", "When was it built? ", "Why?"])
+    assert asks.question is True
+    assert check_input("What do cells produce?", None, (), d, form=asks) is None
+    assert check_input("Cells produce energy.", None, (), d, form=asks) == "form:question"
+    assert check_input("[input] again", None, (), d, form=asks) == "noise:[input]"  # the authors' filters come first
+    tells = input_form(["Pesticides cause pollution.", "sunlight"])
+    assert tells.question is False and tells.check("Is it sunny?") == "form:question" and tells.check("rain") is None
+    mixed = input_form(["Who won?", "It rained."])
+    assert mixed.question is None and mixed.check("anything") is None and mixed.check("or this?") is None
+
+
 def test_output_form_rules_come_from_what_every_example_keeps():
     from selfguide.filters import OutputForm, output_form
 

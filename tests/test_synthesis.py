@@ -304,6 +304,31 @@ def test_placeholder_filter(run_dir, tmp_path, caplog):
     assert any("placeholder_filter is off for this task" in r.getMessage() for r in caplog.records)
 
 
+def statement_script(prompt, i, seed):
+    r = random.Random(seed)
+    if "InputGenerator" in prompt:
+        words = f"the {r.choice(['cat', 'dog', 'river', 'storm'])} was {r.randrange(10**6)} here"
+        return f"Why was {words}?" if r.random() < 0.5 else f"{words.capitalize()}."
+    return "Why was it here?"
+
+
+def test_input_form_filter(run_dir, tmp_path):
+    disfluent = EXAMPLE.parent / "disfluent.yaml"  # every example input is a question
+    plain = synthesize(ctx_for(run_dir, backend=FakeBackend(script=statement_script), task=disfluent,
+                               overrides=["generate.length_filter=false"]))["generate"]
+    # off: neither the setting nor its resolved rule is in the identity, so stages made before it existed are reused
+    assert "form_filter" not in plain["config"]["generate"] and "form" not in plain["config"]["resolved"]
+    assert not any(k.startswith("form:") for k in plain["counts"]["rejected"])
+    on = ctx_for(tmp_path / "on", backend=FakeBackend(script=statement_script), task=disfluent,
+                 overrides=["generate.form_filter=true", "generate.length_filter=false"])
+    g = synthesize(on)["generate"]
+    assert g["config"]["resolved"]["form"] == {"question": True} and g["counts"]["rejected"]["form:question"] > 0
+    kept = [r["input"] for r in read_records(on.task_dir / "generate" / "inputs.jsonl")]
+    assert kept and all(k.endswith("?") for k in kept)
+    rejected = read_records(on.task_dir / "generate" / "rejected.jsonl")
+    assert all(not r["input"].endswith("?") for r in rejected if r["reason"] == "form:question")
+
+
 def test_reuse_from_copies_generation_for_an_annotation_ablation(tmp_path):
     synthesize(ctx_for(tmp_path))  # run "default"
     fb = FakeBackend()

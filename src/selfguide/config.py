@@ -48,6 +48,7 @@ class GenerateConfig:
     rouge_threshold: Optional[float] = None  # Self-Instruct: reject when word ROUGE-L F vs an example or kept input >= this (0.7); null = off
     noise_terms: tuple[str, ...] = ()  # extra per-task noise terms (added to the defaults)
     placeholder_filter: bool = False  # reject inputs with bracketed slots like "[n]" (turned off, with a warning, for tasks whose examples have them)
+    form_filter: bool = False  # reject inputs that are (not) questions when every example input is (not) one (filters.InputForm)
     system_prompt: str = "none"  # none: no system turn (the paper; a chat template may add its default persona) | writer: prompts.INPUT_WRITER_SYSTEM
     topic_seeds: bool = False  # ask each prompt for an input about a random broad topic (prompts.TOPIC_SEEDS)
     min_kept: Optional[int] = None  # after target_inputs raw, go on with rounds until this many are kept (at most 2x the raw); None = 60 on generation tasks, off on classification (stages/generate.py); 0 = off (the paper)

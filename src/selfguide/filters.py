@@ -222,19 +222,44 @@ def output_form(examples: Sequence[tuple[str, str]]) -> OutputForm:
     )
 
 
+@dataclass(frozen=True)
+class InputForm:
+    """What every example input shares in form: a rule a new input must keep. When all of a task's
+    example inputs are questions, a written input that is a statement (or a list of slots, or half
+    a sentence) is another task's input, and the model's answer to it teaches the wrong answer form
+    (task1562 on the held-out table: docs/benchmarks/analysis.md)."""
+
+    question: Optional[bool]  # True: every example input is a question; False: none is; None: mixed, no rule
+
+    def check(self, text: str) -> Optional[str]:
+        if self.question is not None and is_question(text) != self.question:
+            return "form:question"
+        return None
+
+
+def input_form(inputs: Sequence[str]) -> InputForm:
+    """The form rule that every example input obeys."""
+    kinds = {is_question(i) for i in inputs}
+    return InputForm(question=kinds.pop() if len(kinds) == 1 else None)
+
+
 def check_input(
     text: str,
     window: Optional[LengthWindow],
     extra_noise: Iterable[str],
     dedup: DedupIndex,
     placeholder_filter: bool = False,
+    form: Optional[InputForm] = None,
 ) -> Optional[str]:
     """The input filters in the authors' order: empty, length, noise, then duplicate.
 
     With `placeholder_filter`, a bracketed slot (`[n]`) after the noise check is rejected as
-    `placeholder`; callers turn it off for tasks whose own example inputs contain brackets.
+    `placeholder`; callers turn it off for tasks whose own example inputs contain brackets. With
+    `form`, an input that breaks the examples' form rule is rejected next (`form:question`).
     """
     reason = check_output(text, window, extra_noise)
     if reason is None and placeholder_filter and has_placeholder(text):
         reason = "placeholder"
+    if reason is None and form is not None:
+        reason = form.check(text)
     return reason or dedup.check(text)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from selfguide import prompts
 from selfguide.config import to_dict
-from selfguide.filters import DedupIndex, LengthWindow, check_input, has_placeholder, length_window
+from selfguide.filters import DedupIndex, InputForm, LengthWindow, check_input, has_placeholder, input_form, length_window
 from selfguide.stages.context import Context, derive_seed
 from selfguide.store import Stage, write_records
 
@@ -44,6 +44,7 @@ class GenerateSettings:
     rouge_threshold: Optional[float]
     noise_terms: tuple[str, ...]
     placeholder_filter: bool
+    form: Optional[InputForm]
     system: Optional[str]
     topic_seeds: bool
     min_kept: Optional[int]
@@ -81,6 +82,7 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         rouge_threshold=g.rouge_threshold,
         noise_terms=tuple(task.noise_terms) + tuple(g.noise_terms),
         placeholder_filter=g.placeholder_filter and not placeholder_in_examples(task),
+        form=input_form([e.input for e in task.examples]) if g.form_filter else None,
         system=prompts.INPUT_WRITER_SYSTEM if g.system_prompt == "writer" else None,
         topic_seeds=g.topic_seeds,
         min_kept=(None if cls else GENERATION_MIN_KEPT) if g.min_kept is None else (g.min_kept or None),
@@ -96,14 +98,21 @@ def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
     d = {k: getattr(s, k) for k in s.__dataclass_fields__}
     d["window"] = [s.window.low, s.window.high] if s.window else None
     d["noise_terms"] = list(s.noise_terms)
-    if s.min_kept is None:  # off: the identity stays that of the stages made before the setting existed
+    # settings that are off leave the identity that of the stages made before they existed
+    if s.min_kept is None:
         del d["min_kept"]
+    if s.form is None:
+        del d["form"]
+    else:
+        d["form"] = {"question": s.form.question}
     return d
 
 
 def make_stage(ctx: Context) -> Stage:
     generate = to_dict(ctx.cfg.generate)
     del generate["min_kept"]  # the resolved value is the identity: unset, 0 and an explicit 60 can mean the same
+    if not generate["form_filter"]:
+        del generate["form_filter"]  # off: the identity of the stages made before the setting existed
     settings = {"generate": generate, "resolved": _settings_dict(resolve_settings(ctx))}
     if ctx.cfg.generate.placeholder_filter and placeholder_in_examples(ctx.task):
         settings["resolved"]["placeholder_filter_off"] = "an example input has a bracketed slot"
@@ -167,7 +176,7 @@ def run_generate(ctx: Context) -> dict[str, Any]:
             for i, ((_, label), samples) in enumerate(zip(drafts, outs)):
                 raw = samples[0].text
                 text = prompts.parse_generated_input(raw)
-                reason = check_input(text, s.window, s.noise_terms, dedup, s.placeholder_filter)
+                reason = check_input(text, s.window, s.noise_terms, dedup, s.placeholder_filter, s.form)
                 rec = {
                     "id": record_id(task.id, rnd, i), "round": rnd, "index": i, "input": text, "raw": raw,
                     "target_label": label, "status": "rejected" if reason else "kept", "reason": reason,

@@ -431,7 +431,12 @@ def save_outputs(ctx: Context, stage: Stage, trainer: Any, tok: Any, base_dir: P
     counts = {**counts, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
     write_model_card(ctx, model_dir, counts, verdict=None)
     # relative to the stage folder, so that a copy of the stage (--reuse-from) names its own model
-    return resolved_model_dir(stage.finish(counts, started, model_dir=model_dir.name), stage.dir)
+    manifest = stage.finish(counts, started, model_dir=model_dir.name)
+    # Checkpoints hold the optimizer state an unfinished stage resumes from; a finished stage is never resumed, and
+    # they would keep ~170 MB per 135M-parameter run (a 21-task bench filled a disk with them). Removed after the
+    # manifest, so a crash in between only leaves them behind.
+    shutil.rmtree(stage.dir / "checkpoints", ignore_errors=True)
+    return resolved_model_dir(manifest, stage.dir)
 
 
 def resolved_model_dir(manifest: dict[str, Any], stage_dir: Path) -> dict[str, Any]:
