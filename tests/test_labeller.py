@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from selfguide.errors import ConfigError
 from selfguide.filters import DedupIndex, rouge_l_f, words
 from selfguide.pipeline import make_context, synthesize
 from selfguide.prompts import INPUT_WRITER_SYSTEM
-from selfguide.stages.gate import choose_scale
+from selfguide.stages.gate import choose
 from selfguide.store import read_records
 from selfguide.task import Example, load_task
 
@@ -342,10 +343,18 @@ def test_interpolation_blends_weights(tmp_path, tiny_model):
     assert (tmp_path / "half" / "config.json").exists() and not (tmp_path / "half.tmp").exists()
 
 
-def test_choose_scale():
-    assert choose_scale({0.0: 50.0, 0.5: 55.0, 1.0: 60.0}) == 1.0
-    assert choose_scale({0.0: 50.0, 0.5: 55.0, 1.0: 55.0}) == 0.5  # a tie: the smaller change
-    assert choose_scale({0.0: 50.0, 0.5: 40.0, 1.0: 50.0}) == 0.0
+def scales(scores):
+    return {(float(k), None): v for k, v in scores.items()}
+
+
+def test_choose_the_best_candidate_and_the_smaller_change_on_a_tie():
+    assert choose(scales({0.0: 50.0, 0.5: 55.0, 1.0: 60.0})) == (1.0, None)
+    assert choose(scales({0.0: 50.0, 0.5: 55.0, 1.0: 55.0})) == (0.5, None)  # a tie: the smaller change
+    assert choose(scales({0.0: 50.0, 0.5: 40.0, 1.0: 50.0})) == (0.0, None)
+    # with earlier epochs: a tie goes to the smaller scale, then to the earlier epoch, the finished training last
+    epochs = {(0.0, None): 50.0, (0.5, None): 58.0, (1.0, None): 60.0, (0.5, 1): 61.0, (1.0, 1): 61.0, (1.0, 2): 60.0}
+    assert choose(epochs) == (0.5, 1)
+    assert choose({**epochs, (0.5, 1): 55.0, (1.0, 1): 55.0}) == (1.0, 2)
 
 
 def test_gate_settings_are_checked(run_dir):
@@ -400,7 +409,7 @@ def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
                         backend_factory=lambda: FakeBackend())
     gate = json.loads((res.run_dir / "gate" / "gate.json").read_text())
     scores = {float(k): v for k, v in gate["scores"].items()}
-    assert set(scores) == {0.0, 0.5, 1.0} and gate["scale"] == choose_scale(scores)
+    assert set(scores) == {0.0, 0.5, 1.0} and gate["scale"] == choose(scales(gate["scores"]))[0] and "epoch" not in gate
     assert gate["split"] == "validation" and res.verdict["sentence"].endswith(gate["sentence"])
     for scale in ("0", "0.5", "1"):
         assert (res.run_dir / "evaluate" / f"gate-scale-{scale}" / "predictions.jsonl").exists()
@@ -426,6 +435,42 @@ def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
     assert not blends[0].exists() and again.verdict["gate"]["scores"] == gate["scores"]
 
 
+def test_gate_epochs_weighs_every_earlier_epoch_and_hands_over_the_one_it_chose(run_dir, tiny_model, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    import selfguide
+    from selfguide.stages import gate as gate_stage
+
+    task = NIV2 / "task1529.paper_prompt.json"
+    over = [f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=8", "annotate.n=2", "evaluate.max_items=6",
+            "train.epochs=2", "model.dtype=float32", "evaluate.bootstrap=50", "annotate.orders=1", "evaluate.gate=validation",
+            "evaluate.gate_epochs=true", "annotate.label_source=conditioned", "train.learning_rate=0.05"]
+    # a random tiny model scores 0 everywhere (the tie would keep the base): let the gate prefer epoch 1 at full scale
+    monkeypatch.setattr(gate_stage, "choose", lambda scores: (1.0, 1))
+    res = selfguide.run(task, overrides=over, backend_factory=lambda: FakeBackend())
+    train_dir = res.run_dir / "train"
+    # the finished stage kept epoch 1's adapter (epoch 2 is adapter/) and dropped the checkpoints
+    assert sorted(p.name for p in (train_dir / "epochs" / "epoch-1").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not (train_dir / "checkpoints").exists() and not (train_dir / "epochs" / "epoch-2").exists()
+    g = json.loads((res.run_dir / "gate" / "gate.json").read_text())
+    assert g["epoch"] == 1 and g["scale"] == 1.0 and g["epoch_scores"].keys() == {"1"} and g["epoch_scores"]["1"].keys() == {"0.5", "1"}
+    for system in ("gate-scale-0", "gate-scale-0.5", "gate-scale-1", "gate-epoch-1-scale-0.5", "gate-epoch-1-scale-1"):
+        assert (res.run_dir / "evaluate" / system / "predictions.jsonl").exists()
+    # epoch 1 merged: trained weights, but not the finished training's
+    epoch1 = load_file(str(Path(g["model_dir"]) / "model.safetensors"))
+    final = load_file(str(train_dir / "model" / "model.safetensors"))
+    base: dict = {}
+    for f in Path(tiny_model).glob("*.safetensors"):
+        base.update(load_file(str(f)))
+    trained = [k for k in final if k in base and not torch.equal(final[k], base[k])]
+    assert trained and any(not torch.allclose(epoch1[k], base[k]) for k in trained)
+    assert any(not torch.allclose(epoch1[k], final[k]) for k in trained)
+    # what the run reports and hands over is epoch 1's model
+    assert "of epoch 1 (of 2)" in g["sentence"] and "after epoch 1" in res.verdict["handed_over"]
+    assert res.verdict["gate"]["model_dir"] == g["model_dir"]
+
+
 def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validation_items(run_dir, tiny_model, monkeypatch):
     from selfguide import bench, bench_seeds
     from selfguide.config import load_config
@@ -442,7 +487,7 @@ def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validatio
            for s in ("prompt-fewshot", "gate-scale-0", "gate-scale-1", "selfguide-gated")}
     assert len(ids["gate-scale-0"]) == 8 and not set(ids["gate-scale-0"]) & set(ids["prompt-fewshot"])
     assert ids["gate-scale-1"] == ids["gate-scale-0"] and ids["selfguide-gated"] == ids["prompt-fewshot"]
-    assert row["gate"]["part"] == "rest" and row["gate"]["scale"] == choose_scale({float(k): v for k, v in row["gate"]["scores"].items()})
+    assert row["gate"]["part"] == "rest" and row["gate"]["scale"] == choose(scales(row["gate"]["scores"]))[0]
     assert set(row["scores"]) == {"prompt-fewshot", "selfguide", "selfguide-gated"} and {"value", "ci_low"} <= set(row["delta_gated"])
     # the per-seed table shows the gated model's delta beside selfguide's, and counts its significant losses
     d, g = row["delta"], row["delta_gated"]
@@ -454,6 +499,10 @@ def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validatio
     assert summary["tasks"][0]["gate_scales"] == [row["gate"]["scale"]] and "delta_gated" in summary["averages"]["classification"]
     bench_seeds.write(run_dir / "seeds", summary)
     assert "| task1529 | " + f"{row['gate']['scale']:g} |" in (run_dir / "seeds.md").read_text()
+    # with evaluate.gate_epochs, a seed whose gate kept an earlier epoch says which
+    row["gate"]["epoch"] = 1
+    bench_seeds.write(run_dir / "seeds", bench_seeds.summarize({42: data}, run_dir, "g", resamples=50))
+    assert "| task1529 | " + f"{row['gate']['scale']:g} (epoch 1) |" in (run_dir / "seeds.md").read_text()
     # where the gate has no room: with evaluate.gate=validation a bench says so before any work...
     monkeypatch.setattr(gate, "MIN_ITEMS", 20)
     strict = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="validation"))

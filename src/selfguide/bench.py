@@ -164,7 +164,8 @@ def run_task(ctx: Context, methods: Sequence[str]) -> dict[str, Any]:
         row["labeller"] = manifests["annotate"]["counts"].get("labeller", "vote")
     if "selfguide-gated" in results:
         row["delta_gated"] = verdict(ctx, system="selfguide-gated")["delta"]
-        row["gate"] = {k: gate[k] for k in ("scale", "scores", "items", "part")} if gate else {"skipped": _gate_mode(ctx)[1]}
+        row["gate"] = ({k: gate[k] for k in ("scale", "scores", "items", "part", "epoch", "epoch_scores") if k in gate} if gate
+                       else {"skipped": _gate_mode(ctx)[1]})
     if "icl-synthetic" in results:
         row["icl_shots"] = results["icl-synthetic"]["shots"]
     return row

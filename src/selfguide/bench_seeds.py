@@ -74,6 +74,8 @@ def summarize(per_seed: dict[int, dict[str, Any]], run_root: Path, name: str, re
             gated = [by_seed[s]["delta_gated"]["value"] for s in seeds if by_seed[s].get("delta_gated")]
             # None: auto found no room for the gate on this task (the ungated model is reported)
             row["gate_scales"] = [by_seed[s]["gate"].get("scale") for s in seeds if by_seed[s].get("gate")]
+            # the earlier epoch each seed's gate kept (None: the finished training), with evaluate.gate_epochs
+            row["gate_epochs"] = [by_seed[s]["gate"].get("epoch") for s in seeds if by_seed[s].get("gate")]
             row["delta_gated_per_seed"] = gated
             row["delta_gated"] = pooled_delta([run_root / seed_name(name, s) for s in seeds], task, metric, resamples,
                                               seeds[0], "selfguide-gated")
@@ -137,7 +139,9 @@ def write(out: Path, data: dict[str, Any]) -> None:
             d, g = r["delta"], r["delta_gated"]
             ungated = f"{d['value']:+.1f}" if d else "-"
             loss = ("yes" if g and g["ci_high"] < 0 else "no") if d else "-"
-            lines.append(f"| {r['task']} | {', '.join('no room' if x is None else f'{x:g}' for x in r['gate_scales'])} | {ungated} | {ci_cell(g)} | {loss} |")
+            chosen = ", ".join("no room" if x is None else f"{x:g}" + (f" (epoch {e})" if e else "")
+                               for x, e in zip(r["gate_scales"], r.get("gate_epochs") or [None] * len(r["gate_scales"])))
+            lines.append(f"| {r['task']} | {chosen} | {ungated} | {ci_cell(g)} | {loss} |")
         for kind, a in data["averages"].items():
             if "delta_gated" in a:
                 lines.append(f"\n{kind}: mean gated delta {a['delta_gated']:+.1f} (ungated {a['delta']:+.1f}); "

@@ -109,6 +109,7 @@ class EvaluateConfig:
     # (an error when it cannot) | off: the paper (no gate). auto is the default: on the dev tasks it removed every
     # per-seed loss (+7.1 vs +6.9 EM, docs/benchmarks/dev/classification-screen.md)
     gate: str = "auto"
+    gate_epochs: bool = False  # the gate also weighs every earlier epoch's LoRA adapter at each scale (checkpoint choice)
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,7 @@ def export_model(ctx: Any, out: Path, gguf: bool, outtype: str = "f16", converte
     from selfguide.stages.gate import read_gate
 
     gate = read_gate(ctx, train)
-    if gate and gate["scale"] != 1.0:  # the do-no-harm gate kept less of the finetuning: export what it kept
+    if gate and (gate["scale"] != 1.0 or gate.get("epoch")):  # the gate kept less of the finetuning: export what it kept
         from selfguide.backends import hf_model
         from selfguide.models import resolve_model
 

@@ -281,7 +281,8 @@ def evaluate_baselines(ctx: Context) -> dict[str, Any]:
 def trained_identity(ctx: Context, train_manifest: dict[str, Any], system: str) -> dict[str, Any]:
     """A finetuned model is identified by the train stage that made it (settings, inputs, time)."""
     made_by = digest([train_manifest["config"], train_manifest["inputs"], train_manifest["finished_at"],
-                      *([train_manifest["gate_scale"]] if "gate_scale" in train_manifest else [])])
+                      *([train_manifest["gate_scale"]] if "gate_scale" in train_manifest else []),
+                      *([train_manifest["gate_epoch"]] if train_manifest.get("gate_epoch") else [])])
     return model_identity(ctx.cfg.model, ctx.eval_engine(), f"{system}:{ctx.task.id}", trained=made_by)
 
 

@@ -5,7 +5,8 @@ A model that teaches itself from its own labels can get worse. With `evaluate.ga
 the trained weights W1 are blended with the base weights W0 as W0 + a (W1 - W0) for a in
 {0, 0.5, 1} (for a LoRA run that is the merged adapter scaled by a; a = 0 is the base model), each
 is scored with the few-shot prompt on the task's `validation` split, and the best scale is kept
-(ties go to the smaller one). The verdict is then measured on `evaluate.split`. A choice made on
+(ties go to the smaller one). With `evaluate.gate_epochs`, the adapter of every earlier epoch
+(kept by the train stage) is a candidate at each scale too: the checkpoint choice. The verdict is then measured on `evaluate.split`. A choice made on
 the items that are reported would inflate the verdict, so when `evaluate.split` is `validation`
 too (the development tasks, whose test splits must not steer anything) the gate chooses on the
 validation items the reported evaluation leaves out, and needs at least MIN_ITEMS of them.
@@ -130,9 +131,31 @@ def blend_first(factory: Any, blend: Any) -> Any:
     return build
 
 
-def choose_scale(scores: dict[float, float]) -> float:
-    """The best-scoring scale; ties go to the smaller change (the base model first)."""
-    return min(scores, key=lambda a: (-scores[a], a))
+Candidate = tuple[float, Optional[int]]  # (LoRA scale, earlier epoch or None for the finished training)
+
+
+def choose(scores: dict[Candidate, float]) -> Candidate:
+    """The best-scoring candidate; ties go to the smaller change: the base model first, then the smaller
+    scale, then the earlier epoch (fewer steps), the finished training last."""
+    return min(scores, key=lambda c: (-scores[c], c[0], c[1] if c[1] is not None else float("inf")))
+
+
+def merge_epoch(base_dir: Path, train_manifest: dict[str, Any], epoch: int, tuned: Path, out_dir: Path) -> Path:
+    """An earlier epoch's adapter merged into the base weights, as a model folder (tokenizer from the tuned one)."""
+    import shutil
+
+    from selfguide.stages.train import epoch_adapter, merge_lora
+
+    if (out_dir / "model.safetensors").exists():
+        return out_dir
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merge_lora(base_dir, epoch_adapter(train_manifest, epoch), tmp)
+    for f in tuned.iterdir():
+        if f.suffix != ".safetensors" and f.is_file() and not (tmp / f.name).exists():
+            shutil.copy2(f, tmp / f.name)
+    tmp.rename(out_dir)
+    return out_dir
 
 
 def made_by(train_manifest: dict[str, Any]) -> str:
@@ -164,32 +187,47 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
     part = "rest" if ctx.cfg.evaluate.split == GATE_SPLIT else None  # the items the report leaves out
     base = run_evaluate(vctx, "gate-scale-0", base_identity(vctx), base_backend_factory(vctx), shots="fewshot",
                         items=items, part=part)
-    scores: dict[float, float] = {0.0: base["results"]["scores"][metric]}
-    models: dict[float, str] = {0.0: ctx.cfg.model.name}
-    for scale in SCALES[1:]:
-        model_dir = tuned if scale == 1.0 else gate_dir / f"model-scale-{scale:g}-{tag}"
-        system = f"gate-scale-{scale:g}"
-        factory = model_factory(vctx, str(model_dir))
-        if scale != 1.0:
-            factory = blend_first(factory, lambda s=scale, d=model_dir: interpolate(  # type: ignore[misc]
-                hf_model.materialize(resolve_model(ctx.cfg.model.name)), tuned, s, d))
-        try:
-            ident = trained_identity(vctx, {**train_manifest, "gate_scale": scale}, system)
-            manifest = run_evaluate(vctx, system, ident, factory, shots="fewshot", items=items, part=part)
-        finally:
-            factory.close()  # type: ignore[attr-defined]
-        scores[scale] = manifest["results"]["scores"][metric]
-        models[scale] = str(model_dir)
-    best = choose_scale(scores)
-    if best == 0.0:
+    base_dir = lambda: hf_model.materialize(resolve_model(ctx.cfg.model.name))  # noqa: E731 (only when a blend is made)
+    scores: dict[Candidate, float] = {(0.0, None): base["results"]["scores"][metric]}
+    models: dict[Candidate, str] = {(0.0, None): ctx.cfg.model.name}
+    epochs = range(1, train_manifest["counts"].get("earlier_epochs", 0) + 1) if ctx.cfg.evaluate.gate_epochs else range(0)
+    if ctx.cfg.evaluate.gate_epochs and not epochs:
+        log.info("gate[%s]: evaluate.gate_epochs: the train stage kept no earlier epoch (one epoch, full finetuning, or a "
+                 "stage made before the setting existed): the finished training's scales only", ctx.task.id)
+    for epoch in [None, *epochs]:  # None: the finished training's model
+        merged = tuned if epoch is None else gate_dir / f"model-epoch-{epoch}-{tag}"
+        for scale in SCALES[1:]:
+            model_dir = merged if scale == 1.0 else gate_dir / f"model-{'' if epoch is None else f'epoch-{epoch}-'}scale-{scale:g}-{tag}"
+            system = f"gate-{'' if epoch is None else f'epoch-{epoch}-'}scale-{scale:g}"
+            factory = model_factory(vctx, str(model_dir))
+            if scale != 1.0:
+                factory = blend_first(factory, lambda s=scale, d=model_dir, m=merged: interpolate(base_dir(), m, s, d))  # type: ignore[misc]
+            if epoch is not None:  # the outer wrapper runs first: the earlier epoch's adapter merged, then its blend
+                factory = blend_first(factory, lambda e=epoch, m=merged: merge_epoch(base_dir(), train_manifest, e, tuned, m))
+            try:
+                ident = trained_identity(vctx, {**train_manifest, "gate_scale": scale, **({"gate_epoch": epoch} if epoch else {})}, system)
+                manifest = run_evaluate(vctx, system, ident, factory, shots="fewshot", items=items, part=part)
+            finally:
+                factory.close()  # type: ignore[attr-defined]
+            scores[(scale, epoch)] = manifest["results"]["scores"][metric]
+            models[(scale, epoch)] = str(model_dir)
+    best = choose(scores)
+    final = {a: scores[(a, None)] for a in SCALES}
+    if best == (0.0, None):
         sentence = (f"kept the base model: finetuning did not beat prompting on validation "
-                    f"({metric} {scores[0.0]:.1f} prompting, {scores[0.5]:.1f} at half scale, {scores[1.0]:.1f} finetuned)")
+                    f"({metric} {final[0.0]:.1f} prompting, {final[0.5]:.1f} at half scale, {final[1.0]:.1f} finetuned"
+                    + (f", at most {max(v for (a, e), v in scores.items() if e):.1f} at an earlier epoch" if epochs else "") + ")")
     else:
-        sentence = (f"kept the finetuning at scale {best:g}: {metric} on validation {scores[0.0]:.1f} prompting, "
-                    f"{scores[0.5]:.1f} at half scale, {scores[1.0]:.1f} at full scale")
-    result = {"scale": best, "model_dir": models[best], "scores": {f"{a:g}": scores[a] for a in SCALES}, "train": tag,
+        at = f"scale {best[0]:g}" + (f" of epoch {best[1]} (of {len(epochs) + 1})" if best[1] else "")
+        sentence = (f"kept the finetuning at {at}: {metric} on validation {final[0.0]:.1f} prompting, "
+                    f"{final[0.5]:.1f} at half scale, {final[1.0]:.1f} at full scale"
+                    + (f", {scores[best]:.1f} at epoch {best[1]}" if best[1] else ""))
+    result = {"scale": best[0], "model_dir": models[best], "scores": {f"{a:g}": final[a] for a in SCALES}, "train": tag,
               "metric": metric, "split": GATE_SPLIT, "part": part or "all", "items": base["results"]["n"], "sentence": sentence,
               "seconds": round(time.time() - started, 1)}
+    if epochs:  # the checkpoint choice: which epoch was kept (None: the last), and every earlier epoch's scores
+        result["epoch"] = best[1]
+        result["epoch_scores"] = {f"{e}": {f"{a:g}": scores[(a, e)] for a in SCALES[1:]} for e in epochs}
     gate_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(gate_dir / "gate.json", result)
     (log.warning if best == 0.0 else log.info)("gate[%s]: %s", ctx.task.id, sentence)
@@ -200,7 +238,8 @@ def gated_train_manifest(train_manifest: dict[str, Any], gate: Optional[dict[str
     """The train manifest with the gate's model in place of the trained one (unchanged without a gate)."""
     if not gate:
         return train_manifest
-    return {**train_manifest, "model_dir": gate["model_dir"], "gate_scale": gate["scale"]}
+    return {**train_manifest, "model_dir": gate["model_dir"], "gate_scale": gate["scale"],
+            **({"gate_epoch": gate["epoch"]} if gate.get("epoch") else {})}
 
 
 def handed_over(train_manifest: dict[str, Any], gate: Optional[dict[str, Any]]) -> str:
@@ -211,6 +250,9 @@ def handed_over(train_manifest: dict[str, Any], gate: Optional[dict[str, Any]]) 
     if gate["scale"] == 0.0:
         return (f"model: the base model ({gate['model_dir']}), which the gate kept because finetuning did not beat prompting "
                 f"on validation; the finetuned weights, not recommended: {tuned}")
+    if gate.get("epoch"):
+        return (f"model: {gate['model_dir']} (the finetuning after epoch {gate['epoch']} at scale {gate['scale']:g}, "
+                "the gate's choice on validation)")
     if gate["scale"] == 1.0:
         return f"finetuned model: {tuned} (the gate kept it at full scale)"
     return f"model: {gate['model_dir']} (the finetuning at scale {gate['scale']:g}, the gate's choice on validation)"

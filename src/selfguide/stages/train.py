@@ -415,20 +415,14 @@ def save_outputs(ctx: Context, stage: Stage, trainer: Any, tok: Any, base_dir: P
         return {"rank": rank, "steps": counts["steps"]}
     (saved / "training_args.bin").unlink(missing_ok=True)  # a pickle: model folders hold safetensors only
     if t.method == "lora":
-        import torch
-        from peft import PeftModel
-
-        from selfguide.backends import hf_model
-
-        base = hf_model.load_model(base_dir, torch.float32, "cpu")
-        merged = PeftModel.from_pretrained(base, str(stage.dir / "adapter")).merge_and_unload()
-        merged.save_pretrained(str(tmp_dir), safe_serialization=True)
+        merge_lora(base_dir, stage.dir / "adapter", tmp_dir)
     tok.save_pretrained(str(tmp_dir))
     model_dir = stage.dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
     tmp_dir.rename(model_dir)
     losses = [r["loss"] for r in read_records(stage.dir / METRICS)]
-    counts = {**counts, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
+    counts = {**counts, "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+              "earlier_epochs": keep_epoch_adapters(stage.dir) if t.method == "lora" else 0}
     write_model_card(ctx, model_dir, counts, verdict=None)
     # relative to the stage folder, so that a copy of the stage (--reuse-from) names its own model
     manifest = stage.finish(counts, started, model_dir=model_dir.name)
@@ -437,6 +431,44 @@ def save_outputs(ctx: Context, stage: Stage, trainer: Any, tok: Any, base_dir: P
     # manifest, so a crash in between only leaves them behind.
     shutil.rmtree(stage.dir / "checkpoints", ignore_errors=True)
     return resolved_model_dir(manifest, stage.dir)
+
+
+def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path) -> None:
+    """The base weights with a LoRA adapter merged in, saved as safetensors in `out_dir` (no tokenizer)."""
+    import torch
+    from peft import PeftModel
+
+    from selfguide.backends import hf_model
+
+    base = hf_model.load_model(base_dir, torch.float32, "cpu")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+EPOCHS_DIR = "epochs"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def keep_epoch_adapters(stage_dir: Path) -> int:
+    """Copy the LoRA adapter of every epoch before the last out of its checkpoint into epochs/epoch-N/
+    (~19 MB each on the embedded model, a third of a checkpoint), so that the gate can choose an earlier
+    epoch (evaluate.gate_epochs) after the checkpoints are gone. Returns how many were kept."""
+    checkpoints = complete_checkpoints(stage_dir / "checkpoints")[:-1]  # the last one is adapter/
+    for epoch, ckpt in enumerate(checkpoints, start=1):
+        dest = stage_dir / EPOCHS_DIR / f"epoch-{epoch}"
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in ADAPTER_FILES:
+            shutil.copy2(ckpt / name, tmp / name)
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp.rename(dest)
+    return len(checkpoints)
+
+
+def epoch_adapter(train_manifest: dict[str, Any], epoch: int) -> Path:
+    """The folder of an earlier epoch's LoRA adapter kept by a finished train stage."""
+    return Path(train_manifest["model_dir"]).parent / EPOCHS_DIR / f"epoch-{epoch}"
 
 
 def resolved_model_dir(manifest: dict[str, Any], stage_dir: Path) -> dict[str, Any]:
