@@ -421,12 +421,10 @@ def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
     assert res.verdict["handed_over"].startswith(f"model: the base model ({tiny_model})") and "not recommended" in res.verdict["handed_over"]
     assert res.verdict["handed_over"] in res.report.read_text()
     # the half-scale blend is made only when its evaluation has to run: with every evaluation cached, a
-    # deleted blend (dev runs free the disk) is not made again, and the gate decides the same
-    import shutil
-
+    # deleted blend (the gate drops the ones it did not choose) is not made again, and the gate decides the same
     blends = list((res.run_dir / "gate").glob("model-scale-0.5-*"))
-    assert len(blends) == 1
-    shutil.rmtree(blends[0])
+    assert not blends  # not chosen: deleted once the gate chose
+    blends = [res.run_dir / "gate" / f"model-scale-0.5-{gate['train']}"]
     again = selfguide.run(task, overrides=[f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=8",
                                            "annotate.n=2", "evaluate.max_items=6", "train.epochs=1", "model.dtype=float32",
                                            "evaluate.bootstrap=50", "annotate.orders=1", "evaluate.gate=validation",
@@ -466,8 +464,9 @@ def test_gate_epochs_weighs_every_earlier_epoch_and_hands_over_the_one_it_chose(
     trained = [k for k in final if k in base and not torch.equal(final[k], base[k])]
     assert trained and any(not torch.allclose(epoch1[k], base[k]) for k in trained)
     assert any(not torch.allclose(epoch1[k], final[k]) for k in trained)
-    # what the run reports and hands over is epoch 1's model
+    # what the run reports and hands over is epoch 1's model; the blends it did not choose are gone
     assert "of epoch 1 (of 2)" in g["sentence"] and "after epoch 1" in res.verdict["handed_over"]
+    assert [p.name for p in (res.run_dir / "gate").glob("model-*")] == [Path(g["model_dir"]).name]
     assert res.verdict["gate"]["model_dir"] == g["model_dir"]
 
 

@@ -164,6 +164,17 @@ def made_by(train_manifest: dict[str, Any]) -> str:
     return digest([train_manifest["config"], train_manifest["inputs"], train_manifest["finished_at"]])[:16]
 
 
+def drop_unchosen(gate_dir: Path, tag: str, chosen: str) -> None:
+    """Delete this training's blends and merged epochs that the gate did not choose (517 MB each on the embedded
+    model; with evaluate.gate_epochs a task makes three). Their scores are cached, and a blend is made again only
+    if an evaluation of it has to run (blend_first)."""
+    import shutil
+
+    for folder in gate_dir.glob(f"model-*-{tag}"):
+        if folder.is_dir() and str(folder) != chosen:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, Any]]:
     """Choose the scale on validation; returns {scale, model_dir, scores, sentence} (None when off).
     Every evaluation is a cached stage; the blended model is keyed by the train stage that made it."""
@@ -230,6 +241,7 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
         result["epoch_scores"] = {f"{e}": {f"{a:g}": scores[(a, e)] for a in SCALES[1:]} for e in epochs}
     gate_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(gate_dir / "gate.json", result)
+    drop_unchosen(gate_dir, tag, models[best])
     (log.warning if best == 0.0 else log.info)("gate[%s]: %s", ctx.task.id, sentence)
     return result
 
