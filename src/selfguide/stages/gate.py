@@ -92,32 +92,41 @@ def check_settings(ctx: Context) -> None:
         raise ConfigError(f"evaluate.gate=validation: {cannot[0]}; {cannot[1]}")
 
 
-def interpolate(base_dir: Path, tuned_dir: Path, scale: float, out_dir: Path) -> Path:
-    """W0 + scale (W1 - W0) for every weight, saved as a model folder (tokenizer from the tuned one)."""
+def model_folder(out_dir: Path, tuned_dir: Path, write_weights: Any) -> Path:
+    """Make a model folder once, atomically: `write_weights(tmp)` writes its safetensors, and the other files
+    (config, tokenizer, card) come from the tuned model's folder where the writer made none; the tuned model's
+    shard index describes its own weights and is never copied. A folder that exists is complete (renamed last)."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
-    if (out_dir / "model.safetensors").exists():
+    if out_dir.is_dir():
         return out_dir
-    base: dict[str, Any] = {}
-    for f in sorted(base_dir.glob("*.safetensors")):
-        base.update(load_file(str(f)))
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    write_weights(tmp)
     for f in tuned_dir.iterdir():
-        if f.suffix != ".safetensors" and f.is_file():
+        if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.index.json")) and not (tmp / f.name).exists():
             shutil.copy2(f, tmp / f.name)
-    tuned: dict[str, Any] = {}
-    for f in sorted(tuned_dir.glob("*.safetensors")):
-        tuned.update(load_file(str(f)))
-    blended = {k: (base[k].float() + scale * (v.float() - base[k].float())).to(v.dtype) if k in base else v for k, v in tuned.items()}
-    save_file(blended, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    for f in tmp.glob("model.safetensors.index.json"):
-        f.unlink()  # one file now
     tmp.rename(out_dir)
     return out_dir
+
+
+def interpolate(base_dir: Path, tuned_dir: Path, scale: float, out_dir: Path) -> Path:
+    """W0 + scale (W1 - W0) for every weight, saved as a model folder (tokenizer from the tuned one)."""
+    from safetensors.torch import load_file, save_file
+
+    def write(tmp: Path) -> None:
+        base: dict[str, Any] = {}
+        for f in sorted(base_dir.glob("*.safetensors")):
+            base.update(load_file(str(f)))
+        tuned: dict[str, Any] = {}
+        for f in sorted(tuned_dir.glob("*.safetensors")):
+            tuned.update(load_file(str(f)))
+        blended = {k: (base[k].float() + scale * (v.float() - base[k].float())).to(v.dtype) if k in base else v
+                   for k, v in tuned.items()}
+        save_file(blended, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # one file
+
+    return model_folder(out_dir, tuned_dir, write)
 
 
 def blend_first(factory: Any, blend: Any) -> Any:
@@ -142,20 +151,9 @@ def choose(scores: dict[Candidate, float]) -> Candidate:
 
 def merge_epoch(base_dir: Path, train_manifest: dict[str, Any], epoch: int, tuned: Path, out_dir: Path) -> Path:
     """An earlier epoch's adapter merged into the base weights, as a model folder (tokenizer from the tuned one)."""
-    import shutil
-
     from selfguide.stages.train import epoch_adapter, merge_lora
 
-    if (out_dir / "model.safetensors").exists():
-        return out_dir
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merge_lora(base_dir, epoch_adapter(train_manifest, epoch), tmp)
-    for f in tuned.iterdir():
-        if f.suffix != ".safetensors" and f.is_file() and not (tmp / f.name).exists():
-            shutil.copy2(f, tmp / f.name)
-    tmp.rename(out_dir)
-    return out_dir
+    return model_folder(out_dir, tuned, lambda tmp: merge_lora(base_dir, epoch_adapter(train_manifest, epoch), tmp))
 
 
 def made_by(train_manifest: dict[str, Any]) -> str:
@@ -207,9 +205,10 @@ def run_gate(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str,
                  "stage made before the setting existed): the finished training's scales only", ctx.task.id)
     for epoch in [None, *epochs]:  # None: the finished training's model
         merged = tuned if epoch is None else gate_dir / f"model-epoch-{epoch}-{tag}"
+        which = "" if epoch is None else f"epoch-{epoch}-"
         for scale in SCALES[1:]:
-            model_dir = merged if scale == 1.0 else gate_dir / f"model-{'' if epoch is None else f'epoch-{epoch}-'}scale-{scale:g}-{tag}"
-            system = f"gate-{'' if epoch is None else f'epoch-{epoch}-'}scale-{scale:g}"
+            model_dir = merged if scale == 1.0 else gate_dir / f"model-{which}scale-{scale:g}-{tag}"
+            system = f"gate-{which}scale-{scale:g}"
             factory = model_factory(vctx, str(model_dir))
             if scale != 1.0:
                 factory = blend_first(factory, lambda s=scale, d=model_dir, m=merged: interpolate(base_dir(), m, s, d))  # type: ignore[misc]
