@@ -378,7 +378,7 @@ def test_gate_scores_at_most_max_items_evenly_spaced_and_never_a_reported_one(ru
     chosen = gate.gate_items(make_context(task, overrides=[f"run_dir={run_dir}"]))  # evaluate.max_items unset
     assert [it.id for it in chosen] == [everything[i].id for i in (0, 4, 8, 12, 16)]
     assert len(gate.gate_items(make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.max_items=3"]))) == 3
-    monkeypatch.setattr(gate, "MIN_ITEMS", 5)
+    monkeypatch.setitem(gate.MIN_ITEMS, "classification", 5)
     reported_too = make_context(task, overrides=[f"run_dir={run_dir}", "evaluate.split=validation", "evaluate.max_items=10"])
     reported = {it.id for it in reported_too.task.split_items("validation")[::2]}
     left = gate.gate_items(reported_too)
@@ -396,6 +396,12 @@ def test_gate_auto_gates_where_it_can_and_says_why_where_it_cannot(run_dir, capl
     on, why = gate_mode(make_context(EXAMPLE, overrides=[f"run_dir={run_dir}"]))
     assert not on and "has no validation split" in why
     assert gate_mode(make_context(task, overrides=[f"run_dir={run_dir}", "preset=paper"])) == (False, None)
+    # free text needs 10 items (graded scores per item; docs/benchmarks/dev/gate-size.md): task1562's 14 are enough
+    # when the report is on another split, and 8 left over by a report on validation are not
+    free = NIV2 / "task1562.paper_prompt.json"
+    assert gate_mode(make_context(free, overrides=[f"run_dir={run_dir}"])) == (True, None)
+    on, why = gate_mode(make_context(free, overrides=[f"run_dir={run_dir}", "evaluate.split=validation", "evaluate.max_items=6"]))
+    assert not on and "leaves 8 for the gate (it needs 10)" in why and "add 10+ `validation:` items" in why
 
 
 def test_gate_keeps_the_scale_that_wins_on_validation(run_dir, tiny_model):
@@ -475,7 +481,7 @@ def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validatio
     from selfguide.config import load_config
     from selfguide.stages import gate
 
-    monkeypatch.setattr(gate, "MIN_ITEMS", 5)  # task1529 has 20 validation items: 8 reported, 8 of the other 12 gate
+    monkeypatch.setitem(gate.MIN_ITEMS, "classification", 5)  # task1529 has 20 validation items: 8 reported, 8 of the other 12 gate
     cfg = load_config(None, [f"run_dir={run_dir}", f"model.name={tiny_model}", "generate.target_inputs=8", "annotate.n=2",
                              "evaluate.split=validation", "evaluate.max_items=8", "train.epochs=1", "model.dtype=float32",
                              "evaluate.bootstrap=50", "annotate.orders=1", "annotate.label_source=conditioned", "name=g-s42"])
@@ -503,7 +509,7 @@ def test_the_gate_of_a_run_reported_on_validation_chooses_on_the_other_validatio
     bench_seeds.write(run_dir / "seeds", bench_seeds.summarize({42: data}, run_dir, "g", resamples=50))
     assert "| task1529 | " + f"{row['gate']['scale']:g} (epoch 1) |" in (run_dir / "seeds.md").read_text()
     # where the gate has no room: with evaluate.gate=validation a bench says so before any work...
-    monkeypatch.setattr(gate, "MIN_ITEMS", 20)
+    monkeypatch.setitem(gate.MIN_ITEMS, "classification", 20)
     strict = dataclasses.replace(cfg, evaluate=dataclasses.replace(cfg.evaluate, gate="validation"))
     with pytest.raises(ConfigError, match="leaves 12 for the gate"):
         bench.run_bench([str(NIV2 / "task1529.paper_prompt.json")], strict, ["selfguide-gated"], run_dir / "out2")
