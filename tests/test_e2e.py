@@ -109,3 +109,29 @@ def test_training_resumes_from_last_checkpoint(run_dir, tiny_model):
     steps = [r["step"] for r in read_records(ctx.task_dir / "train" / "metrics.jsonl")]
     assert steps == list(range(1, 2 * first_epoch_steps + 1))  # no step logged twice, none missing
     assert not (ctx.task_dir / "train" / "checkpoints").exists()  # resume state only: a finished stage drops it
+
+
+def test_neftune_noise_reaches_training_and_off_keeps_earlier_stages_valid(run_dir, tiny_model):
+    """train.neftune_alpha trains on noised input embeddings (transformers' NEFTune hook): other weights from the
+    same pairs and seed, a stage of its own; unset, the train stage's identity is what it was before the key."""
+    from safetensors.torch import load_file
+
+    from selfguide.pipeline import synthesize
+    from selfguide.stages.train import run_train
+
+    plain = tiny_ctx(run_dir, tiny_model, ["train.epochs=1"])
+    synthesize(plain)
+    off = run_train(plain)
+    assert "neftune_alpha" not in off["config"]["train"]
+    noisy = tiny_ctx(run_dir, tiny_model, ["train.epochs=1", "name=neft", "train.neftune_alpha=5"])
+    noisy.reuse_from = plain.cfg.name  # the same inputs and labels
+    synthesize(noisy)
+    on = run_train(noisy)
+    assert on["config"]["train"]["neftune_alpha"] == 5.0 and on["counts"]["pairs"] == off["counts"]["pairs"]
+    assert on["counts"]["first_loss"] != off["counts"]["first_loss"]  # the first step already sees noised embeddings
+    weights = [load_file(c.task_dir / "train" / "adapter" / "adapter_model.safetensors") for c in (plain, noisy)]
+    assert any(not weights[0][k].equal(weights[1][k]) for k in weights[0])
+    manifest = plain.task_dir / "train" / "MANIFEST.json"
+    written = manifest.stat().st_mtime_ns
+    again = run_train(tiny_ctx(run_dir, tiny_model, ["train.epochs=1"]))
+    assert again["finished_at"] == off["finished_at"] and manifest.stat().st_mtime_ns == written  # reused, not retrained

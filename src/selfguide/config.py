@@ -93,6 +93,7 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     bf16: str = "auto"  # auto | true | false  (bf16 autocast, fp32 master weights)
     shared_prefix: bool = True  # one process: encode the prompt prefix all pairs share (instruction + examples) once per batch, not once per row
+    neftune_alpha: Optional[float] = None  # uniform noise on the input embeddings while training (NEFTune, Jain et al. 2023; transformers' neftune_noise_alpha), e.g. 5; None = off
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ RANGES: dict[str, tuple[Optional[float], Optional[float], bool]] = {
     "train.lora_dropout": (0, 1, True),
     "train.weight_decay": (0, 10, True),
     "train.warmup_ratio": (0, 0.99, True),
+    "train.neftune_alpha": (0, 1000, False),
     "evaluate.max_items": (1, 10_000_000, True),
     "evaluate.max_new_tokens": (1, 8192, True),
     "evaluate.bootstrap": (MIN_BOOTSTRAP, 1_000_000, True),

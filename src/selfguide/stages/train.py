@@ -51,6 +51,8 @@ def uses_shared_prefix(ctx: Context, world: int) -> bool:
 def make_stage(ctx: Context, pairs_path: Path, name: str, device: str, world: int) -> Stage:
     train = to_dict(ctx.cfg.train)
     del train["lora_learning_rate"]  # the resolved learning_rate is the identity (stages made before the key keep theirs)
+    if train["neftune_alpha"] is None:
+        del train["neftune_alpha"]  # off trains exactly as before the key existed: those stages stay valid
     settings = {"train": train, "learning_rate": learning_rate(ctx),
                 "resolved": {"bf16": _use_bf16(ctx, device), "device": device.split(":")[0], "world_size": world,
                              "shared_prefix": uses_shared_prefix(ctx, world)}}
@@ -335,6 +337,7 @@ def training_arguments(ctx: Context, stage: Stage, device: str) -> Any:
         disable_tqdm=not ctx.progress.enabled,
         optim="adamw_torch",
         dataloader_num_workers=0,
+        neftune_noise_alpha=t.neftune_alpha,
     )
 
 
