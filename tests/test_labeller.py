@@ -323,6 +323,33 @@ def test_mbr_annotation_on_a_generation_task(run_dir):
         make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "annotate.labeller=mbr"])
 
 
+def test_drop_input_copies_rejects_an_answer_that_hands_its_input_back(run_dir):
+    from selfguide.backends.base import STOP, Completion
+    from selfguide.filters import examples_change_their_inputs, repeats_input
+    from selfguide.stages.annotate import annotate_samples, make_stage
+
+    assert repeats_input("Does this dog breed shed?", "does this dog  breed shed") and not repeats_input("Does it shed?", "Does this dog breed shed?")
+    assert not repeats_input("", "") and not repeats_input("?", "!")
+    assert examples_change_their_inputs([("a b", "b")]) and not examples_change_their_inputs([("a b", "A b."), ("c", "d")])
+    task = NIV2 / "task1562.paper_prompt.json"  # paraphrases: no example's output repeats its input
+    question = "Does this dog breed shed a lot?"
+    samples = [Completion(t, STOP) for t in (question, question, "does this dog breed shed a lot", "Does this dog breed lose much hair?")]
+    base = [f"run_dir={run_dir}", "annotate.output_length_filter=false"]
+    on, off = (make_context(task, overrides=base + extra) for extra in (["annotate.drop_input_copies=true"], []))
+    voted_on, voted_off = annotate_samples(on, question, samples), annotate_samples(off, question, samples)
+    assert voted_off["sample_reasons"] == [None] * 4 and voted_off["answer"] == question  # 2 of 4: the copy wins the vote
+    assert voted_on["sample_reasons"] == ["repeats_input"] * 3 + [None] and voted_on["answer"] == "Does this dog breed lose much hair?"
+    # off, the annotate stage's identity is what it was before the setting existed; a classification task never reads it
+    for ctx in (on, off):
+        (ctx.stage_dir("generate")).mkdir(parents=True, exist_ok=True)
+        (ctx.stage_dir("generate") / "inputs.jsonl").write_text("")
+    assert "drop_input_copies" not in make_stage(off).config["annotate"] and make_stage(on).config["annotate"]["drop_input_copies"]
+    cls = make_context(EXAMPLE, overrides=[f"run_dir={run_dir}", "name=cls", "annotate.drop_input_copies=true"])
+    cls.stage_dir("generate").mkdir(parents=True, exist_ok=True)
+    (cls.stage_dir("generate") / "inputs.jsonl").write_text("")
+    assert "drop_input_copies" not in make_stage(cls).config["annotate"]
+
+
 # ------------------------------------------------------------------ do-no-harm gate
 
 

@@ -68,6 +68,7 @@ class AnnotateConfig:
     min_agreement: float = 0.3  # vote: the majority answer needs this share of the surviving samples; mbr: this mean ROUGE-L to the others
     output_length_filter: Optional[bool] = None  # None = on for generation, off for classification
     form_filter: bool = False  # free text: reject samples that break a form rule every example keeps (filters.OutputForm)
+    drop_input_copies: bool = False  # free text: reject a sample that repeats its whole input when no example's output repeats its input
     label_source: str = "annotate"  # annotate | conditioned | agree (classification only)
     agree_margin: float = 0.5  # agree: drop when another label holds at least this share of votes
     balance: str = "downsample"  # downsample | cap | off (classification only)

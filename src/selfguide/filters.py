@@ -191,6 +191,18 @@ def is_word_span(part: str, whole: str) -> bool:
     return bool(p) and f" {' '.join(p)} " in f" {' '.join(w)} "
 
 
+def repeats_input(output: str, input_text: str) -> bool:
+    """The answer is its input again, case, spacing and punctuation aside (a fluent sentence handed back by a
+    task whose examples always change theirs)."""
+    return bool(words(output)) and words(output) == words(input_text)
+
+
+def examples_change_their_inputs(examples: Sequence[tuple[str, str]]) -> bool:
+    """No example's output repeats its input: a task of transformations, where an answer that repeats its input
+    teaches the model that doing nothing is the task."""
+    return not any(repeats_input(o, i) for i, o in examples)
+
+
 @dataclass(frozen=True)
 class OutputForm:
     """What every example's output shares, in form, with its input: rules a free-text answer must

@@ -2,7 +2,8 @@
 
 labeller=vote (the paper): n samples per input, per-sample filters (classification: mapped onto
 the label set, off-label samples dropped; generation: empty/length/noise, and with `form_filter`
-the form rules all examples keep), then a majority vote
+the form rules all examples keep; with `drop_input_copies`, an answer that repeats its input where no
+example's does), then a majority vote
 that needs `min_agreement` of the surviving samples.
 labeller=mbr (generation): the same samples, but the answer is the one with the highest mean
 ROUGE-L to the others (exact-string majorities are rare in free text), kept when that mean is at
@@ -28,7 +29,7 @@ from selfguide.backends.base import Completion
 from selfguide.calibration import argmax, calibrate, margin, mean_distribution
 from selfguide.config import to_dict
 from selfguide.errors import ConfigError
-from selfguide.filters import check_output, length_window, output_form
+from selfguide.filters import check_output, examples_change_their_inputs, length_window, output_form, repeats_input
 from selfguide.labels import balance_classes, majority_vote, map_to_label, mbr_pick
 from selfguide.stages import generate
 from selfguide.stages.context import Context, derive_seed
@@ -89,7 +90,7 @@ def sampling_key(stage: Stage) -> dict[str, Any]:
 # preset's unused values do not make identical labels look like another stage's.
 SCORE_ONLY_KEYS = ("orders", "calibration", "min_margin")
 LABEL_SET_ONLY_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "balance_by")
-FREE_TEXT_ONLY_KEYS = ("form_filter",)
+FREE_TEXT_ONLY_KEYS = ("form_filter", "drop_input_copies")
 
 
 def make_stage(ctx: Context) -> Stage:
@@ -97,6 +98,8 @@ def make_stage(ctx: Context) -> Stage:
     unread = ((() if scored(ctx) else SCORE_ONLY_KEYS) + (() if ctx.task.labels else LABEL_SET_ONLY_KEYS)
               + (FREE_TEXT_ONLY_KEYS if ctx.task.labels else ()))
     annotate = {k: v for k, v in annotate.items() if k not in unread}
+    if not annotate.get("drop_input_copies", True):
+        del annotate["drop_input_copies"]  # off: the identity of the stages made before the setting existed
     settings = {
         "annotate": annotate,
         "resolved": {"max_new_tokens": resolved_max_new_tokens(ctx), "output_length_filter": output_filter_on(ctx)},
@@ -110,6 +113,7 @@ def annotate_samples(ctx: Context, input_text: str, samples: list[Completion]) -
     task, a = ctx.task, ctx.cfg.annotate
     window = length_window([len(e.output) for e in task.examples]) if output_filter_on(ctx) else None
     form = output_form([(e.input, e.output) for e in task.examples]) if a.form_filter else None
+    no_copies = a.drop_input_copies and examples_change_their_inputs([(e.input, e.output) for e in task.examples])
     survivors: list[str] = []
     reasons: list[Optional[str]] = []
     for sample in samples:
@@ -122,7 +126,8 @@ def annotate_samples(ctx: Context, input_text: str, samples: list[Completion]) -
             if label is not None:
                 survivors.append(label)
         else:
-            reason = check_output(text, window, task.noise_terms) or (form.check(text, input_text) if form else None)
+            reason = (check_output(text, window, task.noise_terms) or (form.check(text, input_text) if form else None)
+                      or ("repeats_input" if no_copies and repeats_input(text, input_text) else None))
             if reason is None:
                 survivors.append(text)
         reasons.append(reason)
