@@ -19,6 +19,7 @@ import random
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Optional
 
 SCALES = ("0", "0.5", "1")
 
@@ -48,7 +49,23 @@ def mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def replay(gate: dict, n: int, draws: int, rng: random.Random) -> dict[str, float]:
+def choose(per_scale: list[list[float]], seen: list[int], margin: Optional[float]) -> int:
+    """The scale index a gate picks on the items `seen`. margin None: selfguide's gate (the best mean, ties to the
+    smaller scale). A number k: a rule that leaves the full finetuning only for a smaller scale that beats it by k
+    standard errors of their paired per-item difference (the alternative weighed in gate-size.md)."""
+    on_seen = [mean([s[i] for i in seen]) for s in per_scale]
+    if margin is None:
+        best = max(on_seen)
+        return next(j for j, v in enumerate(on_seen) if v == best)
+    choice = 2
+    for j in (0, 1):
+        diffs = [per_scale[j][i] - per_scale[2][i] for i in seen]
+        if on_seen[j] - on_seen[2] > margin * statistics.stdev(diffs) / len(diffs) ** 0.5 and on_seen[j] >= on_seen[choice]:
+            choice = j
+    return choice
+
+
+def replay(gate: dict, n: int, draws: int, rng: random.Random, margin: Optional[float] = None) -> dict[str, float]:
     """The gate on n random items, judged on the rest, averaged over `draws` subsets."""
     k = len(gate["items"])
     s0, s5, s1 = gate["scores"]
@@ -57,9 +74,7 @@ def replay(gate: dict, n: int, draws: int, rng: random.Random) -> dict[str, floa
         order = list(range(k))
         rng.shuffle(order)
         seen, rest = order[:n], order[n:]
-        on_seen = [mean([s[i] for i in seen]) for s in (s0, s5, s1)]
-        best = max(on_seen)
-        choice = next(j for j, v in enumerate(on_seen) if v == best)  # ties go to the smaller scale, as in the gate
+        choice = choose(gate["scores"], seen, margin)
         on_rest = [mean([s[i] for i in rest]) for s in (s0, s5, s1)]
         g, u = on_rest[choice] - on_rest[0], on_rest[2] - on_rest[0]
         gated.append(g)
@@ -77,6 +92,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="6,8,10,12,14,16,20,30")
     ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--margins", default="0.5,1,1.5", help="margin rules to weigh against the gate's (standard errors)")
+    ap.add_argument("--margin-sizes", default="12,20,50", help="the n items at which the margin rules are weighed")
     ap.add_argument("--out", required=True, help="path without suffix: writes .md and .json")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -102,9 +119,19 @@ def main() -> None:
                         "losing_models": sum(r["full"] < 0 for r in at),
                         "gated_on_losing": mean([r["gated"] for r in at if r["full"] < 0] or [float("nan")]),
                         "ungated_on_losing": mean([r["ungated"] for r in at if r["full"] < 0] or [float("nan")])})
+    rules = []
+    for n in [int(x) for x in args.margin_sizes.split(",")]:
+        for margin in [None] + [float(x) for x in args.margins.split(",")]:
+            at = [(g, replay(g, n, args.draws, rng, margin)) for g in found]
+            losing = [r for g, r in at if mean(g["scores"][2]) < mean(g["scores"][0])]
+            rules.append({"n": n, "margin": margin, "gated": mean([r["gated"] for _, r in at]),
+                          "ungated": mean([r["ungated"] for _, r in at]),
+                          "gated_on_losing": mean([r["gated"] for r in losing]),
+                          "ungated_on_losing": mean([r["ungated"] for r in losing]),
+                          "base_share": mean([r["base_share"] for _, r in at])})
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"runs": args.runs, "draws": args.draws, "seed": args.seed,
-                                                    "summary": summary, "rows": rows}, indent=1))
+                                                    "summary": summary, "rules": rules, "rows": rows}, indent=1))
     lines = [
         "# How many validation items the gate needs (resampled from finished gates; diagnosis only)",
         "",
@@ -114,7 +141,8 @@ def main() -> None:
         "evaluation does not use",
         f"- each gate replayed on n random items of those, judged on the others; {args.draws} draws per model and n, seed {args.seed}",
         f"- CPU flags of this machine (no model runs here): {', '.join(f for f in flags if f.startswith(('avx', 'amx', 'fma')))}",
-        f"- command: `python bench/gate_size.py --runs {args.runs} --sizes {args.sizes} --draws {args.draws} --out {args.out}`",
+        f"- command: `python bench/gate_size.py --runs {args.runs} --sizes {args.sizes} --draws {args.draws} "
+        f"--margins {args.margins} --margin-sizes {args.margin_sizes} --out {args.out}`",
         "",
         "Gains in points over prompting (scale 0) on the items the gate did not see, mean over models and draws. "
         "worse: share of draws where the gate hands over something that scores below the ungated model; new loss: the "
@@ -128,6 +156,15 @@ def main() -> None:
         lines.append(f"| {s['n']} | {s['ungated']:+.2f} | {s['gated']:+.2f} | {s['gated'] - s['ungated']:+.2f} | "
                      f"{100 * s['worse_share']:.0f}% | {100 * s['new_loss_share']:.0f}% | {100 * s['base_share']:.0f}% | "
                      f"{s['losing_models']} | {s['gated_on_losing']:+.2f} | {s['ungated_on_losing']:+.2f} |")
+    lines += ["", "Another rule for the same choice: leave the full finetuning only for a smaller scale that beats it by "
+              "k standard errors of their paired per-item difference (more of the winners' gain kept, less protection). "
+              "Gains over prompting on the unseen items, as many draws per model and n as above.", "",
+              "| n items | rule | gated gain | ungated gain | losing models, gated | losing models, ungated | kept base |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rules:
+        name = "selfguide's gate (best mean, ties to the smaller scale)" if r["margin"] is None else f"margin {r['margin']:g} SE"
+        lines.append(f"| {r['n']} | {name} | {r['gated']:+.2f} | {r['ungated']:+.2f} | {r['gated_on_losing']:+.2f} | "
+                     f"{r['ungated_on_losing']:+.2f} | {100 * r['base_share']:.0f}% |")
     lines += ["", "Per model (full: the ungated gain on all the gate's items):", "",
               "| run | task | items | full | " + " | ".join(f"gated - ungated, n={n}" for n in sizes) + " |",
               "|---|---|---:|---:|" + "---:|" * len(sizes)]
