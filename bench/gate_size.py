@@ -135,7 +135,8 @@ def main() -> None:
     lines = [
         "# How many validation items the gate needs (resampled from finished gates; diagnosis only)",
         "",
-        f"- gates: {len(found)} trained models ({', '.join(sorted({g['task'] for g in found}))}; runs "
+        f"- gates: {len(found)} trained models, not independent (the arms of one task and seed share its inputs) "
+        f"({', '.join(sorted({g['task'] for g in found}))}; runs "
         f"{', '.join(sorted({g['run'] for g in found}))}), each scored at the scales 0, 0.5, 1 on "
         f"{min(len(g['items']) for g in found)}-{max(len(g['items']) for g in found)} validation items the reported "
         "evaluation does not use",
