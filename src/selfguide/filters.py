@@ -194,7 +194,8 @@ def is_word_span(part: str, whole: str) -> bool:
 def repeats_input(output: str, input_text: str) -> bool:
     """The answer is its input again, case, spacing and punctuation aside (a fluent sentence handed back by a
     task whose examples always change theirs)."""
-    return bool(words(output)) and words(output) == words(input_text)
+    said = words(output)
+    return bool(said) and said == words(input_text)
 
 
 def examples_change_their_inputs(examples: Sequence[tuple[str, str]]) -> bool:
