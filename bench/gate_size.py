@@ -17,9 +17,10 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Optional
+
+from selfguide.store import cpu_vector_flags
 
 SCALES = ("0", "0.5", "1")
 
@@ -29,11 +30,14 @@ def scores(folder: Path, metric: str) -> dict[str, float]:
     return {r["id"]: 100 * r["scores"][metric] for r in rows}
 
 
-def gates(runs: Path) -> list[dict]:
-    """Every finished gate under `runs`: its run, task, metric and the per-item scores at each scale."""
+def gates(runs: Path, metric: str) -> list[dict]:
+    """Every finished gate under `runs` that scored `metric` (the kind of task it studies): its run, task and the
+    per-item scores at each scale."""
     found = []
     for gate_json in sorted(runs.glob("*/*/gate/gate.json")):
         gate = json.loads(gate_json.read_text())
+        if gate["metric"] != metric:
+            continue
         evaluate = gate_json.parent.parent / "evaluate"
         folders = [evaluate / f"gate-scale-{s}" for s in SCALES]
         if not all((f / "predictions.jsonl").exists() for f in folders):
@@ -89,6 +93,7 @@ def replay(gate: dict, n: int, draws: int, rng: random.Random, margin: Optional[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", default="runs/dev")
+    ap.add_argument("--metric", default="rougeL", help="the gates studied: rougeL (free text) or exact_match (labels)")
     ap.add_argument("--sizes", default="6,8,10,12,14,16,20,30")
     ap.add_argument("--draws", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
@@ -97,16 +102,15 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="path without suffix: writes .md and .json")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    found = gates(Path(args.runs))
+    found = gates(Path(args.runs), args.metric)
     if not found:
-        raise SystemExit(f"no finished gates under {args.runs}")
+        raise SystemExit(f"no finished gates scored by {args.metric} under {args.runs}")
     rng = random.Random(args.seed)
     rows = []
     for g in found:
         for n in sizes:
             rows.append({"run": g["run"], "task": g["task"], "items": len(g["items"]), "n": n,
                          "full": mean(g["scores"][2]) - mean(g["scores"][0]), **replay(g, n, args.draws, rng)})
-    flags = subprocess.run(["grep", "-m1", "flags", "/proc/cpuinfo"], capture_output=True, text=True).stdout.split()
     summary = []
     for n in sizes:
         at = [r for r in rows if r["n"] == n]
@@ -139,10 +143,10 @@ def main() -> None:
         f"({', '.join(sorted({g['task'] for g in found}))}; runs "
         f"{', '.join(sorted({g['run'] for g in found}))}), each scored at the scales 0, 0.5, 1 on "
         f"{min(len(g['items']) for g in found)}-{max(len(g['items']) for g in found)} validation items the reported "
-        "evaluation does not use",
+        f"evaluation does not use, scored by {args.metric}",
         f"- each gate replayed on n random items of those, judged on the others; {args.draws} draws per model and n, seed {args.seed}",
-        f"- CPU flags of this machine (no model runs here): {', '.join(f for f in flags if f.startswith(('avx', 'amx', 'fma')))}",
-        f"- command: `python bench/gate_size.py --runs {args.runs} --sizes {args.sizes} --draws {args.draws} "
+        f"- CPU vector flags of this machine (no model runs here): {', '.join(cpu_vector_flags()) or 'unreadable'}",
+        f"- command: `python bench/gate_size.py --runs {args.runs} --metric {args.metric} --sizes {args.sizes} --draws {args.draws} "
         f"--margins {args.margins} --margin-sizes {args.margin_sizes} --out {args.out}`",
         "",
         "Gains in points over prompting (scale 0) on the items the gate did not see, mean over models and draws. "
