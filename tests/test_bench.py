@@ -162,6 +162,49 @@ def test_resume_table_keeps_rows_of_the_same_identity_only(tmp_path, tiny_model,
     assert ran == ["scitail", "task1562"]
 
 
+def test_settings_added_later_keep_earlier_rows_at_their_neutral_value(tmp_path, tiny_model, monkeypatch):
+    """A setting added after a table was made (identity.NEUTRAL_ADDITIONS) leaves the row identity what it was before
+    the setting existed while it is at its neutral value, so --resume-table keeps those rows; any other value makes
+    them run again."""
+    from selfguide import config as config_module
+    from selfguide.config import RunConfig, flatten
+    from selfguide.identity import NEUTRAL_ADDITIONS
+    from selfguide.task import load_task
+
+    defaults = flatten(RunConfig())
+    assert all(key in defaults and defaults[key] == value for key, value in NEUTRAL_ADDITIONS.items())
+    spec, model, methods = load_task(Path(TASKS[1])), {"sha256": "0" * 64}, ["prompt-fewshot"]
+    cfg = cfg_for(tmp_path / "runs", tiny_model)
+    today = bench.row_identity(cfg, spec, model, methods)
+    real_flatten = config_module.flatten
+    with monkeypatch.context() as m:  # the code before those settings existed: its configs had no such keys
+        m.setattr(config_module, "flatten", lambda value, prefix="": {
+            k: v for k, v in real_flatten(value, prefix).items() if k not in NEUTRAL_ADDITIONS})
+        before = bench.row_identity(cfg, spec, model, methods)
+    assert today == before
+    for key, value in (("train.neftune_alpha", 5), ("annotate.drop_input_copies", "true"), ("generate.form_filter", "true"),
+                       ("evaluate.gate_epochs", "true")):
+        changed = load_config(None, [f"run_dir={tmp_path / 'runs'}", f"model.name={tiny_model}", "generate.target_inputs=12",
+                                     "annotate.n=2", "evaluate.max_items=6", "train.epochs=1", "model.dtype=float32",
+                                     "evaluate.bootstrap=50", "evaluate.max_new_tokens=8", f"{key}={value}"])
+        assert bench.row_identity(changed, spec, model, methods) != today, key
+
+
+def test_resume_table_runs_a_row_again_when_the_gate_would_decide_otherwise(tmp_path):
+    """The gate's rules are code (its minimum of validation items): a kept row whose gate was skipped for a reason
+    the current code no longer gives, or run where it would now be skipped, runs again; one that agrees is kept."""
+    out = tmp_path / "table"
+    rows = [{"task": "a", "identity": "1", "gate": {"skipped": "no do-no-harm gate: 14 items, it needs 20"}},
+            {"task": "b", "identity": "2", "gate": {"scale": 1.0, "items": 50}},
+            {"task": "c", "identity": "3", "gate": {"skipped": "no do-no-harm gate: no validation split"}},
+            {"task": "d", "identity": "4", "gate": {"scale": 0.5, "items": 12}}]
+    out.with_suffix(".json").write_text(json.dumps({"tasks": rows}))
+    identities = {"a": "1", "b": "2", "c": "3", "d": "4"}
+    assert set(bench.kept_rows(out, identities)) == {"a", "b", "c", "d"}  # a table without the gated method
+    now = {"a": None, "b": None, "c": "no do-no-harm gate: no validation split", "d": "no do-no-harm gate: 12 items, it needs 20"}
+    assert set(bench.kept_rows(out, identities, now)) == {"b", "c"}
+
+
 def test_end_to_end_table_compares_backends_with_and_without_training(tmp_path, monkeypatch):
     """bench/end_to_end.py's table: ratios to the first run, the run without its train stage, and the
     pairs each run trained on (read from the run's train manifest)."""

@@ -183,6 +183,14 @@ def _gate_mode(ctx: Context) -> tuple[bool, Optional[str]]:
     return gate_mode(dataclasses.replace(ctx, cfg=_gate_on(ctx.cfg)))
 
 
+def _gate_skip(cfg: RunConfig, spec: Any) -> Optional[str]:
+    """Why the gate would not run on this task (None where it would, or where the task has no items to run)."""
+    try:
+        return _gate_mode(Context(cfg, spec))[1]
+    except UserInputError:
+        return None
+
+
 def _gated(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, Any]]:
     """The do-no-harm gate's choice for this task, None where auto found no room (settings checked by run_bench before any work)."""
     from selfguide.stages.gate import run_gate
@@ -192,13 +200,14 @@ def _gated(ctx: Context, train_manifest: dict[str, Any]) -> Optional[dict[str, A
 
 def row_identity(cfg: RunConfig, spec: Any, model: dict[str, Any], methods: Sequence[str]) -> str:
     """What a table row depends on besides the run folder: the numerics version of the code, every
-    setting (run name and folder aside), the synthesis engine `auto` resolves to, the task (what
-    synthesis reads and the items evaluated), the model file and the methods."""
+    setting (run name and folder aside; a setting added later is left out at its neutral value, as in the
+    stages' identities), the synthesis engine `auto` resolves to, the task (what synthesis reads and the
+    items evaluated), the model file and the methods."""
     from selfguide.backends import resolve_backend
     from selfguide.config import flatten
-    from selfguide.identity import digest
+    from selfguide.identity import digest, without_neutral_additions
 
-    settings = {k: v for k, v in flatten(cfg).items() if k not in ("name", "run_dir")}
+    settings = without_neutral_additions({k: v for k, v in flatten(cfg).items() if k not in ("name", "run_dir")})
     try:
         items = [[it.id, it.input, list(it.outputs)] for it in spec.split_items(cfg.evaluate.split)]
     except UserInputError:
@@ -207,9 +216,13 @@ def row_identity(cfg: RunConfig, spec: Any, model: dict[str, Any], methods: Sequ
                    digest(items), model.get("sha256"), sorted(methods)])
 
 
-def kept_rows(out: Path, identities: dict[str, str]) -> dict[str, dict[str, Any]]:
+def kept_rows(out: Path, identities: dict[str, str], gate_skips: Optional[dict[str, Optional[str]]] = None) -> dict[str, dict[str, Any]]:
     """The rows of an earlier table at `out` whose identity is this run's for their task: a table can
-    then be finished on another machine, or after its run folder is gone, without redoing them."""
+    then be finished on another machine, or after its run folder is gone, without redoing them.
+
+    The gate's rules are code, not settings: with `gate_skips` (per task, why the current code would not gate it,
+    None where it would), a row whose gate was skipped or run otherwise (e.g. made when the gate needed more
+    validation items) is not kept."""
     import json
 
     path = out.with_suffix(".json")
@@ -220,7 +233,13 @@ def kept_rows(out: Path, identities: dict[str, str]) -> dict[str, dict[str, Any]
     except ValueError:
         raise UserInputError(f"{path}: not a readable bench table (--resume-table reads its rows); move it away or "
                              "run without --resume-table") from None
-    return {r["task"]: r for r in rows if r.get("identity") and r["identity"] == identities.get(r["task"])}
+    kept = {r["task"]: r for r in rows if r.get("identity") and r["identity"] == identities.get(r["task"])}
+    if gate_skips is None:
+        return kept
+    stale = [t for t, r in kept.items() if t in gate_skips and (r.get("gate") or {}).get("skipped") != gate_skips[t]]
+    if stale:
+        log.info("bench: running %s again: the gate's rules have changed since their rows were made", ", ".join(stale))
+    return {t: r for t, r in kept.items() if t not in stale}
 
 
 def run_bench(
@@ -249,7 +268,8 @@ def run_bench(
             check_settings(Context(_gate_on(cfg), spec, backend_factory=backend_factory))
     model = resolve_model(cfg.model.name).identity()
     identities = {spec.id: row_identity(cfg, spec, model, methods) for spec in specs}
-    kept = kept_rows(out, identities) if resume_table else {}
+    gate_skips = {spec.id: _gate_skip(cfg, spec) for spec in specs} if "selfguide-gated" in methods else None
+    kept = kept_rows(out, identities, gate_skips) if resume_table else {}
     if kept:
         log.info("bench: keeping the rows of %s made with these settings and this code: %s", out.with_suffix(".json"),
                  ", ".join(kept))

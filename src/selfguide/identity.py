@@ -43,6 +43,28 @@ ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 GENERAL_MODEL_KEYS = ("name", "backend", "device")  # device also places training and picks the engine
 
+# Settings added after stages and bench rows were made, each with the value at which it changes nothing. At that
+# value a setting is left out of every identity (the stages' and the bench rows'), so that what was made before the
+# setting existed stays valid; set to anything else, it is part of the identity like every other setting.
+NEUTRAL_ADDITIONS: dict[str, Any] = {
+    "generate.form_filter": False,
+    "annotate.drop_input_copies": False,
+    "train.neftune_alpha": None,
+    "evaluate.gate_epochs": False,
+}
+
+
+def without_neutral_additions(settings: dict[str, Any], section: str = "") -> dict[str, Any]:
+    """`settings` (one config section's, or flattened `section.key` ones when `section` is empty) without the
+    NEUTRAL_ADDITIONS that are at their neutral value."""
+    prefix = f"{section}." if section else ""
+
+    def neutral(key: str, value: Any) -> bool:
+        name = prefix + key
+        return name in NEUTRAL_ADDITIONS and value == NEUTRAL_ADDITIONS[name] and type(value) is type(NEUTRAL_ADDITIONS[name])
+
+    return {k: v for k, v in settings.items() if not neutral(k, v)}
+
 
 def engine_options(m: ModelConfig, engine: str) -> dict[str, Any]:
     """The settings of `m` that `engine` uses, as keyword arguments of its backend."""

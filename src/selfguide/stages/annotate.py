@@ -28,6 +28,7 @@ from selfguide import label_scores, prompts
 from selfguide.backends.base import Completion
 from selfguide.calibration import argmax, calibrate, margin, mean_distribution
 from selfguide.config import to_dict
+from selfguide.identity import without_neutral_additions
 from selfguide.errors import ConfigError
 from selfguide.filters import check_output, examples_change_their_inputs, length_window, output_form, repeats_input
 from selfguide.labels import balance_classes, majority_vote, map_to_label, mbr_pick
@@ -97,9 +98,7 @@ def make_stage(ctx: Context) -> Stage:
     annotate = {**to_dict(ctx.cfg.annotate), "labeller": labeller(ctx)}
     unread = ((() if scored(ctx) else SCORE_ONLY_KEYS) + (() if ctx.task.labels else LABEL_SET_ONLY_KEYS)
               + (FREE_TEXT_ONLY_KEYS if ctx.task.labels else ()))
-    annotate = {k: v for k, v in annotate.items() if k not in unread}
-    if not annotate.get("drop_input_copies", True):
-        del annotate["drop_input_copies"]  # off: the identity of the stages made before the setting existed
+    annotate = without_neutral_additions({k: v for k, v in annotate.items() if k not in unread}, "annotate")
     settings = {
         "annotate": annotate,
         "resolved": {"max_new_tokens": resolved_max_new_tokens(ctx), "output_length_filter": output_filter_on(ctx)},

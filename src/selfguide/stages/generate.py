@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from selfguide import prompts
 from selfguide.config import to_dict
+from selfguide.identity import without_neutral_additions
 from selfguide.filters import DedupIndex, InputForm, LengthWindow, check_input, has_placeholder, input_form, length_window
 from selfguide.stages.context import Context, derive_seed
 from selfguide.store import Stage, write_records
@@ -109,10 +110,8 @@ def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
 
 
 def make_stage(ctx: Context) -> Stage:
-    generate = to_dict(ctx.cfg.generate)
+    generate = without_neutral_additions(to_dict(ctx.cfg.generate), "generate")
     del generate["min_kept"]  # the resolved value is the identity: unset, 0 and an explicit 60 can mean the same
-    if not generate["form_filter"]:
-        del generate["form_filter"]  # off: the identity of the stages made before the setting existed
     settings = {"generate": generate, "resolved": _settings_dict(resolve_settings(ctx))}
     if ctx.cfg.generate.placeholder_filter and placeholder_in_examples(ctx.task):
         settings["resolved"]["placeholder_filter_off"] = "an example input has a bracketed slot"

@@ -18,6 +18,7 @@ from typing import Any
 
 from selfguide import prompts
 from selfguide.config import to_dict
+from selfguide.identity import without_neutral_additions
 from selfguide.errors import SelfGuideError
 from selfguide.models import resolve_model
 from selfguide.stages.context import Context
@@ -49,10 +50,8 @@ def uses_shared_prefix(ctx: Context, world: int) -> bool:
 
 
 def make_stage(ctx: Context, pairs_path: Path, name: str, device: str, world: int) -> Stage:
-    train = to_dict(ctx.cfg.train)
+    train = without_neutral_additions(to_dict(ctx.cfg.train), "train")
     del train["lora_learning_rate"]  # the resolved learning_rate is the identity (stages made before the key keep theirs)
-    if train["neftune_alpha"] is None:
-        del train["neftune_alpha"]  # off trains exactly as before the key existed: those stages stay valid
     settings = {"train": train, "learning_rate": learning_rate(ctx),
                 "resolved": {"bf16": _use_bf16(ctx, device), "device": device.split(":")[0], "world_size": world,
                              "shared_prefix": uses_shared_prefix(ctx, world)}}
