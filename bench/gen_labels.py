@@ -11,6 +11,10 @@ evaluation's evenly spaced subset), labelled by the base model with the embedded
   mbr-t0.7        the MBR labeller of the `gen-v3-mbr` arm: 8 samples at T=0.7, the one closest to the others
   orders          one greedy answer under each demonstration order (all 6 for 3 examples), the MBR pick
   orders+vote     the MBR pick over the 6 order answers and the vote's samples together
+  rerank-own      the candidates of orders+vote, the one the model finds likeliest under the task's own prompt
+                  (mean log-probability per token)
+  rerank-orders   the same candidates, the likeliest on average over the 6 order prompts (per token)
+  rerank-orders-sum  the same, by the whole answer's log-probability (favours short answers)
 
 For each: the share of inputs given a label (the filters and the agreement threshold drop the rest),
 the ROUGE-L of the labels against gold, over the labelled items and over the items every source
@@ -36,7 +40,7 @@ from statistics import mean
 
 ROOT = Path(__file__).resolve().parents[1]
 NIV2 = ROOT.parent / "shared" / "niv2"
-SOURCES = ("greedy", "vote", "mbr-t0.7", "orders", "orders+vote")
+SOURCES = ("greedy", "vote", "mbr-t0.7", "orders", "orders+vote", "rerank-own", "rerank-orders", "rerank-orders-sum")
 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:
@@ -117,10 +121,36 @@ def label_task(tid: str, cfg, seed: int) -> dict:
             both = mbr_pick(ok + vote_ok, a.min_agreement)
             labels["orders+vote"].append(both.answer)
             agreement["orders+vote"].append(round(both.agreement, 4))
+            for source, (pick_label, score) in rerank(backend, task, chunk[i], orders, list(dict.fromkeys(ok + vote_ok))).items():
+                labels[source].append(pick_label)
+                agreement[source].append(score)
         print(f"gen-labels: task{tid} {min(start + step, len(texts))}/{len(texts)} items", flush=True)
     ctx.close_backend()
     return {"task": task.id, "seed": seed, "items": [{"id": it.id, "references": list(it.outputs)} for it in items],
             "labels": labels, "agreement": agreement, "per_order": per_order}
+
+
+def rerank(backend, task, text: str, orders, candidates: list[str]) -> dict[str, tuple]:
+    """The candidate the model itself scores highest: under the task's own prompt, and on average over
+    the demonstration orders (per token and whole answer). (label, its score) per source; (None, None)
+    without candidates."""
+    from selfguide import prompts
+
+    if not candidates:
+        return {s: (None, None) for s in ("rerank-own", "rerank-orders", "rerank-orders-sum")}
+    per_order = []
+    for order in orders:
+        rendered = backend.render(prompts.task_messages(task, text, order))
+        per_order.append(backend.score([rendered], candidates)[0])
+    own = [sc.mean for sc in per_order[0]]
+    ens = [mean(row[j].mean for row in per_order) for j in range(len(candidates))]
+    ens_sum = [mean(row[j].logprob for row in per_order) for j in range(len(candidates))]
+
+    def best(values: list[float]) -> tuple:
+        j = max(range(len(candidates)), key=lambda k: (values[k], -len(candidates[k])))
+        return candidates[j], round(values[j], 4)
+
+    return {"rerank-own": best(own), "rerank-orders": best(ens), "rerank-orders-sum": best(ens_sum)}
 
 
 def summarize(raw: dict) -> dict:
