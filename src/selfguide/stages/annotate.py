@@ -28,9 +28,9 @@ from selfguide import label_scores, prompts
 from selfguide.backends.base import Completion
 from selfguide.calibration import argmax, calibrate, margin, mean_distribution
 from selfguide.config import to_dict
-from selfguide.identity import without_neutral_additions
 from selfguide.errors import ConfigError
 from selfguide.filters import check_output, examples_change_their_inputs, length_window, output_form, repeats_input
+from selfguide.identity import without_neutral_additions
 from selfguide.labels import balance_classes, majority_vote, map_to_label, mbr_pick
 from selfguide.stages import generate
 from selfguide.stages.context import Context, derive_seed

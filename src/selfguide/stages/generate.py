@@ -18,8 +18,8 @@ from typing import Any, Optional
 
 from selfguide import prompts
 from selfguide.config import to_dict
-from selfguide.identity import without_neutral_additions
 from selfguide.filters import DedupIndex, InputForm, LengthWindow, check_input, has_placeholder, input_form, length_window
+from selfguide.identity import without_neutral_additions
 from selfguide.stages.context import Context, derive_seed
 from selfguide.store import Stage, write_records
 

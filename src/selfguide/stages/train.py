@@ -18,8 +18,8 @@ from typing import Any
 
 from selfguide import prompts
 from selfguide.config import to_dict
-from selfguide.identity import without_neutral_additions
 from selfguide.errors import SelfGuideError
+from selfguide.identity import without_neutral_additions
 from selfguide.models import resolve_model
 from selfguide.stages.context import Context
 from selfguide.store import Stage, append_records, atomic_write_text, file_hash, read_records, write_records
