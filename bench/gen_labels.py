@@ -45,23 +45,11 @@ SOURCES = ("greedy", "vote", "mbr-t0.7", "orders", "orders+vote", "rerank-own", 
 
 def spearman(xs: list[float], ys: list[float]) -> float | None:
     """Rank correlation (average ranks for ties); None with fewer than 3 points or no spread."""
+    from selfguide.calibration import average_ranks
+
     if len(xs) < 3:
         return None
-
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    a, b = ranks(xs), ranks(ys)
+    a, b = average_ranks(xs), average_ranks(ys)
     ma, mb = mean(a), mean(b)
     cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
     va, vb = sum((x - ma) ** 2 for x in a), sum((y - mb) ** 2 for y in b)
@@ -89,8 +77,7 @@ def label_task(tid: str, cfg, seed: int) -> dict:
     labels: dict[str, list] = {s: [] for s in SOURCES}
     agreement: dict[str, list] = {s: [] for s in SOURCES}
     per_order: list[list[str]] = []
-    mbr_cfg = dataclasses.replace(ctx.cfg, annotate=dataclasses.replace(a, labeller="mbr", n=8, temperature=0.7))
-    mbr_ctx = Context(dataclasses.replace(mbr_cfg, seed=seed), task)
+    mbr_ctx = Context(dataclasses.replace(ctx.cfg, annotate=dataclasses.replace(a, labeller="mbr", n=8, temperature=0.7)), task)
     orders = demo_orders(task.examples, a.orders, derive_seed(seed, task.id, "orders"))
     step = a.chunk_size
     for start in range(0, len(texts), step):

@@ -268,8 +268,10 @@ def run_bench(
             check_settings(Context(_gate_on(cfg), spec, backend_factory=backend_factory))
     model = resolve_model(cfg.model.name).identity()
     identities = {spec.id: row_identity(cfg, spec, model, methods) for spec in specs}
-    gate_skips = {spec.id: _gate_skip(cfg, spec) for spec in specs} if "selfguide-gated" in methods else None
-    kept = kept_rows(out, identities, gate_skips) if resume_table else {}
+    kept: dict[str, dict[str, Any]] = {}
+    if resume_table:
+        gate_skips = {spec.id: _gate_skip(cfg, spec) for spec in specs} if "selfguide-gated" in methods else None
+        kept = kept_rows(out, identities, gate_skips)
     if kept:
         log.info("bench: keeping the rows of %s made with these settings and this code: %s", out.with_suffix(".json"),
                  ", ".join(kept))

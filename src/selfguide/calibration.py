@@ -63,8 +63,14 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> Optional[float]:
     neg = [s for s, y in zip(scores, positive) if not y]
     if not pos or not neg:
         return None
-    ranked = sorted((s, i) for i, s in enumerate(scores))
-    ranks = [0.0] * len(scores)
+    pos_rank = sum(r for r, y in zip(average_ranks(scores), positive) if y)
+    return (pos_rank - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, tied values sharing the mean of their ranks."""
+    ranked = sorted((v, i) for i, v in enumerate(values))
+    ranks = [0.0] * len(values)
     i = 0
     while i < len(ranked):
         j = i
@@ -73,8 +79,7 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> Optional[float]:
         for k in range(i, j + 1):
             ranks[ranked[k][1]] = (i + j) / 2 + 1
         i = j + 1
-    pos_rank = sum(r for r, y in zip(ranks, positive) if y)
-    return (pos_rank - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+    return ranks
 
 
 def class_auroc(dists: Sequence[Sequence[float]], gold: Sequence[int]) -> Optional[float]:
