@@ -341,3 +341,87 @@ def test_reuse_from_copies_generation_for_an_annotation_ablation(tmp_path):
     assert (tmp_path / "ablation" / "scitail" / "generate" / "inputs.jsonl").read_bytes() == \
         (tmp_path / "default" / "scitail" / "generate" / "inputs.jsonl").read_bytes()
     assert m["annotate"]["config"]["annotate"]["label_source"] == "conditioned"
+
+
+def test_output_first_synthesis_labels_each_input_with_the_output_it_was_written_for(tmp_path):
+    task = NIV2 / "task1562.paper_prompt.json"  # paraphrase a question: a generation task
+    over = ["generate.length_filter=false", "annotate.output_length_filter=false", "generate.min_kept=0"]
+    fb = FakeBackend()
+    ctx = ctx_for(tmp_path, backend=fb, task=task, overrides=[*over, "generate.direction=output"])
+    m = synthesize(ctx)
+    g, a = m["generate"]["counts"], m["annotate"]["counts"]
+    assert g["raw"] == 30 and g["raw"] == g["kept"] + sum(g["rejected"].values()) and g["kept"] > 0
+    assert m["generate"]["config"]["generate"]["direction"] == "output"
+    assert m["generate"]["config"]["resolved"]["direction"] == "output"
+    records = read_records(ctx.task_dir / "generate" / "candidates.jsonl")
+    kept = [r for r in records if r["status"] == "kept"]
+    # the fake answers a task prompt with its words reversed: the reverse prompt's input is the output reversed
+    assert all(r["input"].split() == list(reversed(r["output"].split())) for r in kept)
+    assert all(r["reason"].startswith("output_") for r in records if r["status"] != "kept" and not r["input"])
+    # the label is the output the input was written for; nothing is sampled to label it
+    pairs = read_records(ctx.task_dir / "annotate" / "pairs.jsonl")
+    assert [(p["input"], p["output"]) for p in pairs] == [(r["input"], r["output"]) for r in kept]
+    assert a["labeller"] == "backtranslated" and a["samples"] == 0 and {p["label_source"] for p in pairs} == {"backtranslated"}
+    assert all(c["temperature"] == 0.0 for c in fb.calls[1::2])  # writer (sampled), then its reverse (greedy), per round
+    assert sum(c["n"] for c in fb.calls) == len(fb.calls)  # one completion per prompt: no annotation samples
+    # a classification task writes inputs whatever the key says: the same stages as without it
+    cls_default = synthesize(ctx_for(tmp_path / "cls"))
+    cls_output = synthesize(ctx_for(tmp_path / "cls-out", overrides=["generate.direction=output"]))
+    assert cls_output["generate"]["config"] == cls_default["generate"]["config"]
+    assert cls_output["annotate"]["counts"] == cls_default["annotate"]["counts"]
+
+
+def copy_back_script(prompt, i, seed):
+    """Writes outputs; the reverse prompt hands the output back unchanged on every second call."""
+    r = random.Random(seed)
+    if "OutputGenerator" in prompt:
+        return f"Is this dog breed good with {r.choice(['cats', 'children', 'water', 'snow'])} {r.randrange(10**6)}?\"\n"
+    asked = prompt.rsplit("<|user|>\n", 1)[1].split("\n<|assistant|>", 1)[0]
+    return asked if int(asked.split()[-1].rstrip("?")) % 2 else "Does this dog breed like " + asked.split("with ", 1)[1]
+
+
+def test_output_first_rejects_inputs_that_copy_their_output(tmp_path):
+    task = NIV2 / "task1562.paper_prompt.json"  # no example's output repeats its input
+    over = ["generate.length_filter=false", "generate.min_kept=0", "generate.direction=output"]
+    m = synthesize(ctx_for(tmp_path, backend=FakeBackend(script=copy_back_script), task=task, overrides=over))
+    records = read_records(tmp_path / "default" / "task1562" / "generate" / "candidates.jsonl")
+    copies = [r for r in records if r["reason"] == "copies_output"]
+    assert copies and all(r["input"] == r["output"] and int(r["output"].split()[-1].rstrip("?")) % 2 for r in copies)
+    assert m["generate"]["counts"]["rejected"]["copies_output"] == len(copies)
+    assert all(int(r["output"].split()[-1].rstrip("?")) % 2 == 0 for r in records if r["status"] == "kept")
+
+
+@pytest.mark.parametrize("after_calls", [1, 2, 3, 5])
+def test_output_first_resumes_to_identical_records(tmp_path, after_calls):
+    task = NIV2 / "task1562.paper_prompt.json"
+    over = ["generate.length_filter=false", "generate.min_kept=0", "generate.direction=output"]
+    ref = ctx_for(tmp_path / "ref", task=task, overrides=over)
+    synthesize(ref)
+    cut = ctx_for(tmp_path / "int", backend=Interrupting(after_calls), task=task, overrides=over)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(cut)
+    resumed = ctx_for(tmp_path / "int", task=task, overrides=over)
+    synthesize(resumed)
+    assert stage_bytes(resumed) == stage_bytes(ref)
+
+
+def test_output_first_refuses_a_labeller_it_would_not_use(tmp_path):
+    from selfguide.errors import ConfigError
+    from selfguide.stages.annotate import check_settings
+
+    task = NIV2 / "task1562.paper_prompt.json"
+    with pytest.raises(ConfigError, match="generate.direction=output"):
+        ctx_for(tmp_path, task=task, overrides=["generate.direction=output", "annotate.labeller=mbr"])
+    check_settings(ctx_for(tmp_path, task=task, overrides=["annotate.labeller=mbr"]))
+
+
+def test_output_first_on_the_real_hf_backend(tmp_path, tiny_model):
+    ctx = make_context(NIV2 / "task1562.paper_prompt.json", overrides=[
+        f"run_dir={tmp_path}", f"model.name={tiny_model}", "model.dtype=float32", "model.backend=hf", "generate.direction=output",
+        "generate.target_inputs=6", "generate.prompts_per_round=3", "generate.min_kept=0", "generate.length_filter=false",
+        "generate.max_new_tokens=16", "annotate.output_length_filter=false"])
+    m = synthesize(ctx)
+    g, a = m["generate"]["counts"], m["annotate"]["counts"]
+    assert g["raw"] == 6 and m["generate"]["inputs"]["model"]["engine"] == "hf"
+    assert a["inputs"] == g["kept"] == a["pairs"] + sum(a["rejected"].values())
+    assert all(r["raw"] or r["reason"] for r in read_records(ctx.task_dir / "generate" / "candidates.jsonl"))

@@ -51,6 +51,7 @@ class GenerateConfig:
     form_filter: bool = False  # reject inputs that are (not) questions when every example input is (not) one (filters.InputForm)
     system_prompt: str = "none"  # none: no system turn (the paper; a chat template may add its default persona) | writer: prompts.INPUT_WRITER_SYSTEM
     topic_seeds: bool = False  # ask each prompt for an input about a random broad topic (prompts.TOPIC_SEEDS)
+    direction: str = "input"  # input: write inputs, then label them (the paper) | output: generation tasks write outputs, then the input each was made from (instruction backtranslation; stages/generate.py)
     min_kept: Optional[int] = None  # after target_inputs raw, go on with rounds until this many are kept (at most 2x the raw); None = 60 on generation tasks, off on classification (stages/generate.py); 0 = off (the paper)
 
 
@@ -136,6 +137,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "annotate.balance": ("downsample", "cap", "off"),
     "annotate.labeller": ("auto", "vote", "score", "mbr"),
     "generate.system_prompt": ("none", "writer"),
+    "generate.direction": ("input", "output"),
     "annotate.calibration": ("none", "batch", "generative", "content-free"),
     "annotate.balance_by": ("random", "confidence"),
     "evaluate.calibration": ("none", "batch", "generative", "content-free"),

@@ -48,6 +48,7 @@ GENERAL_MODEL_KEYS = ("name", "backend", "device")  # device also places trainin
 # setting existed stays valid; set to anything else, it is part of the identity like every other setting.
 NEUTRAL_ADDITIONS: dict[str, Any] = {
     "generate.form_filter": False,
+    "generate.direction": "input",
     "annotate.drop_input_copies": False,
     "train.neftune_alpha": None,
     "evaluate.gate_epochs": False,

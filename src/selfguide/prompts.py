@@ -21,6 +21,11 @@ SEPARATOR = "-" * 50
 INPUT_PREFILL = '[input]="'
 # Completions of input generation stop at the end of the quoted input or at a second field.
 INPUT_STOP = ('"\n', "\n\n", "[output]", "\n[input]")
+# generate.direction=output: the same for a new output written from the example outputs.
+OUTPUT_PREFILL = '[output]="'
+OUTPUT_STOP = ('"\n', "\n\n", "[input]", "\n[output]")
+# generate.direction=output: the system turn's addition when the model writes the input for a given output.
+REVERSE_NOTE = "Now the direction is reversed: you are given the output, and you reply with the input it was made from, only."
 # generate.system_prompt=writer: a system turn for input generation, so a chat template's default
 # persona ("You are a helpful AI assistant named ...") does not frame the request as a chat.
 INPUT_WRITER_SYSTEM = "You write new inputs for a task. You reply with one new input only, never with an answer or a comment."
@@ -42,16 +47,19 @@ def input_generation_messages(
     label: Optional[str] = None,
     system: Optional[str] = None,
     topic: Optional[str] = None,
+    field: str = "input",
 ) -> list[Message]:
     """One prompt asking for one new input (method.md §4.1, authors' template adapted to chat).
 
     `system=None` sends no system turn (the paper's prompt; the chat template may add its default),
-    `topic` asks for an input about that subject."""
-    high = "\n\n".join(f'[input]="{x}"' for x in example_inputs)
-    low = "\n\n".join(f'[input]="{x}"' for x in pool_inputs) if pool_inputs else "N/A"
+    `topic` asks for an input about that subject. `field="output"` asks for a new output the same
+    way, from example outputs (generate.direction=output)."""
+    tag = f"[{field}]"
+    high = "\n\n".join(f'{tag}="{x}"' for x in example_inputs)
+    low = "\n\n".join(f'{tag}="{x}"' for x in pool_inputs) if pool_inputs else "N/A"
     directive = (
-        "After seeing these examples, write one new [input]. It must obey the [instruction] and copy the "
-        "format of the high-quality [input]s."
+        f"After seeing these examples, write one new {tag}. It must obey the [instruction] and copy the "
+        f"format of the high-quality {tag}s."
     )
     if label is not None:
         directive += (
@@ -60,23 +68,23 @@ def input_generation_messages(
         )
     if topic is not None:
         directive += f" Write it about {topic}."
-    directive += " Think twice, then reply with the new [input] only."
+    directive += f" Think twice, then reply with the new {tag} only."
     text = "\n".join(
         [
-            "You are an InputGenerator. Your job is to write a new [input] for the task in [instruction], "
-            "based on the example [input]s below.",
-            "The new [input] must be different from the provided ones, yet diverse, detailed, precise and of "
-            "high quality. Do not repeat a provided [input].",
+            f"You are an {field.capitalize()}Generator. Your job is to write a new {tag} for the task in [instruction], "
+            f"based on the example {tag}s below.",
+            f"The new {tag} must be different from the provided ones, yet diverse, detailed, precise and of "
+            f"high quality. Do not repeat a provided {tag}.",
             SEPARATOR,
             "[instruction]",
             "",
             task.instruction,
             SEPARATOR,
-            "These are high-quality [input]s. They fix a strict format: pay extreme attention to it.",
+            f"These are high-quality {tag}s. They fix a strict format: pay extreme attention to it.",
             "",
             high,
             SEPARATOR,
-            "These are extra [input]s written earlier. They may be inaccurate in format or content, but you may "
+            f"These are extra {tag}s written earlier. They may be inaccurate in format or content, but you may "
             "consult them.",
             "",
             low,
@@ -96,16 +104,18 @@ def sample_generation_prompt(
     label_conditioned: bool,
     system: Optional[str] = None,
     topic_seeds: bool = False,
+    field: str = "input",
 ) -> tuple[list[Message], Optional[str]]:
     """Draw the random parts of one generation prompt: example order, pool sample, target label
-    and, with `topic_seeds`, a topic (drawn last, so the other draws match a run without it)."""
-    example_inputs = [e.input for e in task.examples]
+    and, with `topic_seeds`, a topic (drawn last, so the other draws match a run without it).
+    `field="output"` writes an output from the example outputs (and `pool` holds outputs)."""
+    example_inputs = [e.input if field == "input" else e.output for e in task.examples]
     rng.shuffle(example_inputs)
     k_max = min(max_pool_examples, len(pool))
     pool_sample = rng.sample(list(pool), rng.randint(1, k_max)) if k_max > 0 else []
     label = rng.choice(task.labels) if (label_conditioned and task.labels) else None
     topic = rng.choice(TOPIC_SEEDS) if topic_seeds else None
-    return input_generation_messages(task, example_inputs, pool_sample, label, system, topic), label
+    return input_generation_messages(task, example_inputs, pool_sample, label, system, topic, field), label
 
 
 def system_text(task: TaskSpec) -> str:
@@ -135,14 +145,26 @@ def task_messages(
     return messages
 
 
-def parse_generated_input(text: str) -> str:
-    """Turn a completion of an input-generation prompt into one clean input.
+def reverse_task_messages(task: TaskSpec, output: str) -> list[Message]:
+    """The task prompt turned around (generate.direction=output): the demonstrations map each example's
+    output to its input, and the model writes the input for `output` (instruction backtranslation)."""
+    messages: list[Message] = [{"role": "system", "content": system_text(task) + "\n\n" + REVERSE_NOTE}]
+    for ex in task.examples:
+        messages.append({"role": "user", "content": ex.output})
+        messages.append({"role": "assistant", "content": ex.input})
+    messages.append({"role": "user", "content": output})
+    return messages
+
+
+def parse_generated_input(text: str, field: str = "input") -> str:
+    """Turn a completion of an input-generation prompt into one clean input (or, with
+    `field="output"`, an output-generation prompt into one clean output).
 
     Strips echoed markers and wrapping quotes, and cuts at a second input or an output field.
     Returns "" when nothing usable is left (the caller rejects it as empty).
     """
     s = text.replace("\r\n", "\n").strip()
-    for marker in ("[input]=", "[input] =", "[input]:", "[input]", "input:", "Input:"):
+    for marker in (f"[{field}]=", f"[{field}] =", f"[{field}]:", f"[{field}]", f"{field}:", f"{field.capitalize()}:"):
         if s.startswith(marker):
             s = s[len(marker):].lstrip()
     if s.startswith('"'):

@@ -1,7 +1,7 @@
 """A scripted backend with no dependencies, for fast tests of control flow and for demos.
 
-By default it behaves like a tiny but well-formed model: asked for a new input it rewrites one
-of the example inputs with a few new words; asked a task prompt it answers with a label chosen
+By default it behaves like a tiny but well-formed model: asked for a new input (or output) it
+rewrites one of the example inputs (outputs) with a few new words; asked a task prompt it answers with a label chosen
 by a hash of the input (or, for generation, the input's words reversed). Pass `script` to return
 exactly what a test needs: `script(prompt, sample_index, seed) -> str`. A word counts as a token:
 a text longer than max_new_tokens words is cut there and reported as cut ("length"). Scores
@@ -94,10 +94,12 @@ class FakeBackend:
 
     def _default(self, prompt: str, seed: int) -> str:
         rng = random.Random(seed)
-        if "InputGenerator" in prompt:
-            high = prompt.split("high-quality [input]s", 1)[-1].split("-" * 50, 1)[0]
-            examples = re.findall(r'\[input\]="(.*?)"\n', high + "\n", flags=re.S)
-            base = rng.choice(examples) if examples else "an input"
+        writer = re.search(r"You are an (Input|Output)Generator", prompt)
+        if writer:
+            tag = f"[{writer.group(1).lower()}]"
+            high = prompt.split(f"high-quality {tag}s", 1)[-1].split("-" * 50, 1)[0]
+            examples = re.findall(re.escape(tag) + r'="(.*?)"\n', high + "\n", flags=re.S)
+            base = rng.choice(examples) if examples else f"an {writer.group(1).lower()}"
             words = base.split()
             for _ in range(max(1, len(words) // 4)):
                 words[rng.randrange(len(words))] = rng.choice(_WORDS)

@@ -12,6 +12,8 @@ labeller=score (classification; `auto`, the default, picks it for a label set): 
 demonstration orders (label_scores.py); at selection the label prior is divided out
 (`calibration`, over the pool: the model's own inputs) and inputs whose calibrated margin is
 below `min_margin` are dropped.
+labeller=backtranslated (generate.direction=output, generation tasks): each input was written for
+an output the model wrote first (stages/generate.py), and that output is its label; nothing is sampled.
 Chunks of inputs are the unit of resume. Then the label source (annotate | conditioned | agree)
 and class balancing give pairs.jsonl.
 """
@@ -60,8 +62,10 @@ SELECTION_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "bal
 def labeller(ctx: Context) -> str:
     """The labeller this task uses: `auto` scores the labels of a classification task and votes on
     free text; `score` needs a label set and `mbr` free text; for the other kind of task (a bench
-    over both kinds) the vote labels it. `selfguide run` refuses the mismatch before any work
+    over both kinds) the vote labels it. Output-first synthesis brings its own labels. `selfguide run` refuses the mismatch before any work
     (check_settings)."""
+    if generate.resolve_settings(ctx).direction == "output":
+        return "backtranslated"
     chosen = "score" if ctx.cfg.annotate.labeller == "auto" else ctx.cfg.annotate.labeller
     fits = {"vote": True, "score": bool(ctx.task.labels), "mbr": not ctx.task.labels}[chosen]
     return chosen if fits else "vote"
@@ -76,6 +80,9 @@ def check_settings(ctx: Context) -> None:
     if ctx.cfg.annotate.labeller == "score" and not ctx.task.labels:
         raise ConfigError(f"annotate.labeller=score ranks a task's labels, but {ctx.task.id} is a generation task "
                           "(no label set); use annotate.labeller=vote or mbr for it")
+    if ctx.cfg.annotate.labeller == "mbr" and generate.resolve_settings(ctx).direction == "output":
+        raise ConfigError(f"generate.direction=output labels each input of {ctx.task.id} with the output it was written "
+                          "for, so annotate.labeller=mbr would not be used; drop one of the two")
     if ctx.cfg.annotate.labeller == "mbr" and ctx.task.labels:
         raise ConfigError(f"annotate.labeller=mbr picks the consensus of free-text samples, but {ctx.task.id} is a "
                           "classification task (over labels it is the vote); use annotate.labeller=vote or score for it")
@@ -219,12 +226,14 @@ def run_annotate(ctx: Context) -> dict[str, Any]:
         bar.resume(units.done_count)
         for ci in units:
             chunk = chunks[ci]
-            backend = ctx.backend()
             texts = [x["input"] for x in chunk]
             if scored(ctx):
-                labelled = score_chunk(ctx, backend, texts, orders)
+                labelled = score_chunk(ctx, ctx.backend(), texts, orders)
+            elif labeller(ctx) == "backtranslated":
+                labelled = [{"answer": x["output"], "agreement": 1.0, "votes": {}, "samples": [], "sample_reasons": [],
+                             "surviving": 1} for x in chunk]
             else:
-                labelled = vote_chunk(ctx, backend, texts, derive_seed(ctx.cfg.seed, task.id, STAGE, ci))
+                labelled = vote_chunk(ctx, ctx.backend(), texts, derive_seed(ctx.cfg.seed, task.id, STAGE, ci))
             batch = [{"id": x["id"].replace(":g:", ":a:", 1), "input_id": x["id"], "input": x["input"],
                       "target_label": x.get("target_label"), **fields} for x, fields in zip(chunk, labelled)]
             units.land(ci, batch)

@@ -4,6 +4,12 @@ Each round builds `prompts_per_round` prompts from the pool accepted so far, sam
 backend call, parses and filters the completions, and appends every candidate (kept or rejected,
 with its reason and raw text) to candidates.jsonl in one write. A round is the unit of resume:
 its seed depends only on (seed, task, round), so a resumed run writes the same records.
+
+With generate.direction=output (generation tasks) a round writes new *outputs* from the example
+outputs instead, and then, greedily, the input each one was made from under the task prompt turned
+around (instruction backtranslation, prompts.reverse_task_messages). A kept record carries both;
+the annotate stage takes its output as the label: the training target is text the model wrote as
+an output, never its answer to an input it may not understand.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from typing import Any, Optional
 
 from selfguide import prompts
 from selfguide.config import to_dict
-from selfguide.filters import DedupIndex, InputForm, LengthWindow, check_input, has_placeholder, input_form, length_window
+from selfguide.filters import (DedupIndex, InputForm, LengthWindow, check_input, examples_change_their_inputs, has_placeholder,
+                               input_form, length_window, repeats_input)
 from selfguide.identity import without_neutral_additions
 from selfguide.stages.context import Context, derive_seed
 from selfguide.store import Stage, write_records
@@ -49,6 +56,9 @@ class GenerateSettings:
     system: Optional[str]
     topic_seeds: bool
     min_kept: Optional[int]
+    direction: str = "input"
+    output_window: Optional[LengthWindow] = None
+    output_max_new_tokens: int = 0
 
     @property
     def max_rounds(self) -> int:
@@ -87,7 +97,19 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
         system=prompts.INPUT_WRITER_SYSTEM if g.system_prompt == "writer" else None,
         topic_seeds=g.topic_seeds,
         min_kept=(None if cls else GENERATION_MIN_KEPT) if g.min_kept is None else (g.min_kept or None),
+        **output_first_settings(ctx),
     )
+
+
+def output_first_settings(ctx: Context) -> dict[str, Any]:
+    """direction=output on a generation task: the writer's length window and token budget come from
+    the example outputs. A classification task keeps writing inputs (its outputs are labels)."""
+    g, task = ctx.cfg.generate, ctx.task
+    if g.direction != "output" or task.kind == "classification":
+        return {}
+    window = length_window([len(e.output) for e in task.examples]) if g.length_filter else None
+    upper_chars = window.high if window else max(len(e.output) for e in task.examples) * 2
+    return {"direction": "output", "output_window": window, "output_max_new_tokens": prompts.decode_budget(upper_chars)}
 
 
 def placeholder_in_examples(task: Any) -> bool:
@@ -106,13 +128,21 @@ def _settings_dict(s: GenerateSettings) -> dict[str, Any]:
         del d["form"]
     else:
         d["form"] = {"question": s.form.question}
+    if s.direction == "input":
+        for key in ("direction", "output_window", "output_max_new_tokens"):
+            del d[key]
+    elif s.output_window:
+        d["output_window"] = [s.output_window.low, s.output_window.high]
     return d
 
 
 def make_stage(ctx: Context) -> Stage:
     generate = without_neutral_additions(to_dict(ctx.cfg.generate), "generate")
     del generate["min_kept"]  # the resolved value is the identity: unset, 0 and an explicit 60 can mean the same
-    settings = {"generate": generate, "resolved": _settings_dict(resolve_settings(ctx))}
+    resolved = resolve_settings(ctx)
+    if resolved.direction == "input":
+        generate.pop("direction", None)  # a classification task writes inputs whatever the key says
+    settings = {"generate": generate, "resolved": _settings_dict(resolved)}
     if ctx.cfg.generate.placeholder_filter and placeholder_in_examples(ctx.task):
         settings["resolved"]["placeholder_filter_off"] = "an example input has a bracketed slot"
     return ctx.open_stage(STAGE, settings, ctx.model_identity())
@@ -141,14 +171,19 @@ def run_generate(ctx: Context) -> dict[str, Any]:
         log.info("generate[%s]: resuming after round %d of %d", task.id, done_rounds, s.rounds)
 
     dedup = DedupIndex(s.near_duplicate_threshold, s.rouge_threshold)
+    output_dedup = DedupIndex(s.near_duplicate_threshold, s.rouge_threshold)
     for ex in task.examples:
         dedup.add(ex.input)
-    pool: list[str] = []
+        output_dedup.add(ex.output)
+    pool: list[str] = []  # what the writer is shown as earlier work: kept inputs, or kept outputs (direction=output)
     for r in records:
         if r["status"] == "kept":
-            pool.append(r["input"])
+            pool.append(r["output"] if s.direction == "output" else r["input"])
             dedup.add(r["input"])
+            if s.direction == "output":
+                output_dedup.add(r["output"])
 
+    write_round = output_first_round if s.direction == "output" else input_round
     with ctx.progress.bar(f"generate {task.id}", s.rounds if done_rounds <= s.rounds else s.max_rounds, "rounds") as bar:
         bar.resume(done_rounds)
         for rnd in units:
@@ -158,34 +193,10 @@ def run_generate(ctx: Context) -> dict[str, Any]:
                 bar.extend(s.max_rounds)
                 log.info("generate[%s]: %d inputs kept after %d rounds; going on until %d are kept (at most %d rounds)",
                          task.id, len(pool), rnd, s.min_kept, s.max_rounds)
-            rng = random.Random(derive_seed(ctx.cfg.seed, task.id, STAGE, rnd))
-            drafts = [
-                prompts.sample_generation_prompt(task, pool, rng, s.max_pool_examples, s.label_conditioned,
-                                                 s.system, s.topic_seeds)
-                for _ in range(s.prompts_per_round)
-            ]
-            backend = ctx.backend()
-            rendered = [backend.render(messages, prompts.INPUT_PREFILL) for messages, _ in drafts]
-            outs = backend.generate(
-                rendered, n=1, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                max_new_tokens=s.max_new_tokens, stop=prompts.INPUT_STOP,
-                seed=derive_seed(ctx.cfg.seed, task.id, STAGE, rnd, "sample"),
-            )
-            batch = []
-            for i, ((_, label), samples) in enumerate(zip(drafts, outs)):
-                raw = samples[0].text
-                text = prompts.parse_generated_input(raw)
-                reason = check_input(text, s.window, s.noise_terms, dedup, s.placeholder_filter, s.form)
-                rec = {
-                    "id": record_id(task.id, rnd, i), "round": rnd, "index": i, "input": text, "raw": raw,
-                    "target_label": label, "status": "rejected" if reason else "kept", "reason": reason,
-                }
-                if not reason:
-                    dedup.add(text)
-                batch.append(rec)
-            pool.extend(r["input"] for r in batch if r["status"] == "kept")
+            batch = write_round(ctx, s, rnd, pool, dedup, output_dedup)
+            pool.extend((r["output"] if s.direction == "output" else r["input"]) for r in batch if r["status"] == "kept")
             units.land(rnd, batch)
-            bar.advance(note=f"{len(pool)} inputs kept")
+            bar.advance(note=f"{len(pool)} {'pairs' if s.direction == 'output' else 'inputs'} kept")
 
     kept = [r for r in records if r["status"] == "kept"]
     rejected = [r for r in records if r["status"] != "kept"]
@@ -202,6 +213,86 @@ def run_generate(ctx: Context) -> dict[str, Any]:
     log.info("generate[%s]: %d raw -> %d kept (%s)", task.id, counts["raw"], counts["kept"],
              ", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "nothing rejected")
     return manifest
+
+
+def write_round_drafts(ctx: Context, s: GenerateSettings, rnd: int, pool: list[str],
+                       field: str) -> tuple[list[tuple[list[prompts.Message], Optional[str]]], list[list[Any]]]:
+    """A round's writer prompts (their random parts drawn from the round's seed) and one sampled
+    completion each: new inputs, or new outputs for output-first synthesis."""
+    task = ctx.task
+    rng = random.Random(derive_seed(ctx.cfg.seed, task.id, STAGE, rnd))
+    conditioned = s.label_conditioned and field == "input"
+    drafts = [
+        prompts.sample_generation_prompt(task, pool, rng, s.max_pool_examples, conditioned, s.system, s.topic_seeds, field)
+        for _ in range(s.prompts_per_round)
+    ]
+    backend = ctx.backend()
+    prefill, stop, budget = ((prompts.INPUT_PREFILL, prompts.INPUT_STOP, s.max_new_tokens) if field == "input"
+                             else (prompts.OUTPUT_PREFILL, prompts.OUTPUT_STOP, s.output_max_new_tokens))
+    outs = backend.generate(
+        [backend.render(messages, prefill) for messages, _ in drafts], n=1, temperature=s.temperature, top_k=s.top_k,
+        top_p=s.top_p, max_new_tokens=budget, stop=stop, seed=derive_seed(ctx.cfg.seed, task.id, STAGE, rnd, "sample"),
+    )
+    return drafts, outs
+
+
+def input_round(ctx: Context, s: GenerateSettings, rnd: int, pool: list[str], dedup: DedupIndex,
+                output_dedup: DedupIndex) -> list[dict[str, Any]]:
+    """One round of the paper's synthesis: `prompts_per_round` new inputs, each filtered."""
+    task = ctx.task
+    drafts, outs = write_round_drafts(ctx, s, rnd, pool, "input")
+    batch = []
+    for i, ((_, label), samples) in enumerate(zip(drafts, outs)):
+        raw = samples[0].text
+        text = prompts.parse_generated_input(raw)
+        reason = check_input(text, s.window, s.noise_terms, dedup, s.placeholder_filter, s.form)
+        rec = {
+            "id": record_id(task.id, rnd, i), "round": rnd, "index": i, "input": text, "raw": raw,
+            "target_label": label, "status": "rejected" if reason else "kept", "reason": reason,
+        }
+        if not reason:
+            dedup.add(text)
+        batch.append(rec)
+    return batch
+
+
+def output_first_round(ctx: Context, s: GenerateSettings, rnd: int, pool: list[str], dedup: DedupIndex,
+                       output_dedup: DedupIndex) -> list[dict[str, Any]]:
+    """One round of output-first synthesis: new outputs (the output filters: empty, length, noise,
+    duplicate, each reason prefixed `output_`), then greedily the input of each surviving output,
+    through the input filters, and rejected when it only repeats its output (`copies_output`, on
+    tasks whose examples all change their inputs: such a pair teaches that doing nothing is the task)."""
+    task = ctx.task
+    _, outs = write_round_drafts(ctx, s, rnd, pool, "output")
+    backend = ctx.backend()
+    batch = []
+    for i, samples in enumerate(outs):
+        raw = samples[0].text
+        output = prompts.parse_generated_input(raw, field="output")
+        reason = check_input(output, s.output_window, s.noise_terms, output_dedup)
+        if not reason:
+            output_dedup.add(output)
+        batch.append({"id": record_id(task.id, rnd, i), "round": rnd, "index": i, "input": "", "output": output, "raw": raw,
+                      "target_label": None, "status": "rejected" if reason else "kept",
+                      "reason": f"output_{reason}" if reason else None})
+    written = [r for r in batch if r["status"] == "kept"]
+    no_copies = examples_change_their_inputs([(e.input, e.output) for e in task.examples])
+    if written:
+        reverse = [backend.render(prompts.reverse_task_messages(task, r["output"])) for r in written]
+        inputs = backend.generate(reverse, n=1, temperature=0.0, max_new_tokens=s.max_new_tokens,
+                                  seed=derive_seed(ctx.cfg.seed, task.id, STAGE, rnd, "reverse"))
+        for rec, samples in zip(written, inputs):
+            rec["raw_input"] = samples[0].text
+            text = samples[0].text.strip()
+            reason = ("cut_at_max_tokens" if samples[0].cut else None) or (
+                "copies_output" if no_copies and repeats_input(text, rec["output"]) else None) or check_input(
+                text, s.window, s.noise_terms, dedup, s.placeholder_filter, s.form)
+            rec["input"] = text
+            if reason:
+                rec.update(status="rejected", reason=reason)
+            else:
+                dedup.add(text)
+    return batch
 
 
 def funnel_rows(counts: dict[str, Any]) -> list[list[Any]]:
