@@ -169,6 +169,31 @@ def write_md(path, data, header):
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def run_resumable(name, tasks, out, settings, run_one, summary):
+    """Run `run_one(task_id)` for each task not yet in the JSON next to `out` (kept while `settings` match),
+    saving after each; returns the data and the CPU vector flags. Shared by the inference-only benches."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from selfguide.console import setup_console
+    from selfguide.store import cpu_vector_flags, versions
+
+    setup_console(0)
+    out_json = Path(out).with_suffix(".json")
+    data = json.loads(out_json.read_text()) if out_json.exists() else {"tasks": {}}
+    if data.get("settings") != settings:
+        data = {"settings": settings, "tasks": {}}
+    flags = cpu_vector_flags()
+    data["machine"] = {"cpu": platform.processor() or platform.machine(), "flags": flags, "versions": versions()}
+    for tid in tasks:
+        key = f"task{tid}"
+        if key in data["tasks"]:
+            continue
+        print(f"[{name}] task{tid} ...", flush=True)
+        data["tasks"][key] = run_one(tid)
+        print(json.dumps(summary(data["tasks"][key])), flush=True)
+        out_json.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return data, flags
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", default=",".join(DEV_CLASSIFICATION))
@@ -177,26 +202,12 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "dev" / "labeller.md"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
-    from selfguide.console import setup_console
     from selfguide.identity import NUMERICS_VERSION
-    from selfguide.store import cpu_vector_flags, versions
 
-    setup_console(0)
-    out_json = Path(args.out).with_suffix(".json")
-    data = json.loads(out_json.read_text()) if out_json.exists() else {"tasks": {}}
     settings = {"items": args.items, "numerics": NUMERICS_VERSION, "split": "validation", "orders": 6}
-    if data.get("settings") != settings:
-        data = {"settings": settings, "tasks": {}}
-    flags = cpu_vector_flags()
-    data["machine"] = {"cpu": platform.processor() or platform.machine(), "flags": flags, "versions": versions()}
-    for tid in args.tasks.split(","):
-        key = f"task{tid}"
-        if key in data["tasks"]:
-            continue
-        print(f"[labeller] task{tid} ...", flush=True)
-        data["tasks"][key] = run_task(tid, args.items, args.run_dir)
-        print(json.dumps({m: data["tasks"][key]["methods"][m]["em"] for m in METHODS}), flush=True)
-        out_json.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    data, flags = run_resumable("labeller", args.tasks.split(","), args.out, settings,
+                                lambda tid: run_task(tid, args.items, args.run_dir),
+                                lambda row: {m: row["methods"][m]["em"] for m in METHODS})
     engines = ", ".join(sorted({t.get("engine", "native") for t in data["tasks"].values()}))  # rows before v3: native
     header = (f"Model: embedded SmolLM2-135M-Instruct, engine {engines}, split `validation` ({args.items} evenly spaced items or all),"
               f" numerics version {NUMERICS_VERSION}, synthetic pool: quick generate stage (120 raw inputs, seed 42), vote seed 42."
