@@ -139,7 +139,7 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "dev" / "channel.md"))
     args = ap.parse_args()
     if not NIV2.is_dir():
-        sys.exit(f"bench/channel.py needs the NIv2 task files in {NIV2} (the development checkout's ../shared/niv2)")
+        ap.exit(2, f"bench/channel.py needs the NIv2 task files in {NIV2} (the development checkout's ../shared/niv2)\n")
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "bench"))
     from labeller import run_resumable

@@ -208,6 +208,8 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides (the dev quick sizes)")
     p.add_argument("--out", default="docs/benchmarks/dev/gen-labels")
     args = p.parse_args()
+    if not NIV2.is_dir():
+        p.exit(2, f"bench/gen_labels.py needs the NIv2 task files in {NIV2} (the development checkout's ../shared/niv2)\n")
 
     from selfguide.config import load_config
     from selfguide.console import setup_console
