@@ -425,3 +425,31 @@ def test_output_first_on_the_real_hf_backend(tmp_path, tiny_model):
     assert g["raw"] == 6 and m["generate"]["inputs"]["model"]["engine"] == "hf"
     assert a["inputs"] == g["kept"] == a["pairs"] + sum(a["rejected"].values())
     assert all(r["raw"] or r["reason"] for r in read_records(ctx.task_dir / "generate" / "candidates.jsonl"))
+
+
+def few_outputs_script(prompt, i, seed):
+    """Six outputs, drawn again and again; the reverse prompt copies back the odd ones (rejected as copies)."""
+    if "OutputGenerator" in prompt:
+        return SIX_OUTPUTS[random.Random(seed).randrange(6)] + '"\n'
+    asked = prompt.rsplit("<|user|>\n", 1)[1].split("\n<|assistant|>", 1)[0]
+    return asked if SIX_OUTPUTS.index(asked) % 2 else f"Which of these is true: {asked}"
+
+
+SIX_OUTPUTS = ("Is this dog breed calm near water?", "Can this president play the violin?", "Does this national park have bears?",
+               "Did this president grow up on a farm?", "Are the trails of this park open in winter?", "How long does this breed live?")
+
+
+@pytest.mark.parametrize("after_calls", [2, 3, 4])
+def test_output_first_resume_remembers_outputs_whose_input_was_rejected(tmp_path, after_calls):
+    task = NIV2 / "task1562.paper_prompt.json"
+    over = ["generate.length_filter=false", "generate.min_kept=0", "generate.direction=output"]
+    ref = ctx_for(tmp_path / "ref", backend=FakeBackend(script=few_outputs_script), task=task, overrides=over)
+    counts = synthesize(ref)["generate"]["counts"]["rejected"]
+    assert counts["copies_output"] and counts["output_duplicate"]  # a copied output, written again, is a duplicate
+    cut = Interrupting(after_calls)
+    cut.script = few_outputs_script
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(ctx_for(tmp_path / "int", backend=cut, task=task, overrides=over))
+    resumed = ctx_for(tmp_path / "int", backend=FakeBackend(script=few_outputs_script), task=task, overrides=over)
+    synthesize(resumed)
+    assert stage_bytes(resumed) == stage_bytes(ref)

@@ -177,11 +177,11 @@ def run_generate(ctx: Context) -> dict[str, Any]:
         output_dedup.add(ex.output)
     pool: list[str] = []  # what the writer is shown as earlier work: kept inputs, or kept outputs (direction=output)
     for r in records:
+        if s.direction == "output" and not (r["reason"] or "").startswith("output_"):
+            output_dedup.add(r["output"])  # an output that passed its filters, whatever became of its input
         if r["status"] == "kept":
             pool.append(r["output"] if s.direction == "output" else r["input"])
             dedup.add(r["input"])
-            if s.direction == "output":
-                output_dedup.add(r["output"])
 
     write_round = output_first_round if s.direction == "output" else input_round
     with ctx.progress.bar(f"generate {task.id}", s.rounds if done_rounds <= s.rounds else s.max_rounds, "rounds") as bar:
