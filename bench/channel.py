@@ -39,22 +39,15 @@ METHODS = ("score+cf", "channel-1", "channel", "channel+batch", "product")
 CHANNEL_NOTE = "You are given the answer first; write a task input for which it is the correct answer."
 
 
-def channel_messages(task, label, order):
-    """The channel prompt: the instruction, each demonstration as (its answer, then its input), then `label`."""
+def channel_scores(backend, task, inputs, order):
+    """Per input, per label: log p(input + end of turn | channel prompt for that label), per token. The
+    channel prompt is the task prompt turned around (the instruction, each demonstration as its answer
+    then its input, then the label), as output-first synthesis uses it, with CHANNEL_NOTE."""
     from selfguide import prompts
 
-    messages = [{"role": "system", "content": prompts.system_text(task) + "\n\n" + CHANNEL_NOTE}]
-    for ex in order:
-        messages += [{"role": "user", "content": ex.output}, {"role": "assistant", "content": ex.input}]
-    messages.append({"role": "user", "content": label})
-    return messages
-
-
-def channel_scores(backend, task, inputs, order):
-    """Per input, per label: log p(input + end of turn | channel prompt for that label), per token."""
     per_label = []
     for label in task.labels:
-        rendered = backend.render(channel_messages(task, label, order))
+        rendered = backend.render(prompts.reverse_task_messages(task, label, order, CHANNEL_NOTE))
         per_label.append([s.mean for s in backend.score([rendered], inputs)[0]])
     return [[per_label[k][i] for k in range(len(task.labels))] for i in range(len(inputs))]
 

@@ -145,11 +145,13 @@ def task_messages(
     return messages
 
 
-def reverse_task_messages(task: TaskSpec, output: str) -> list[Message]:
-    """The task prompt turned around (generate.direction=output): the demonstrations map each example's
-    output to its input, and the model writes the input for `output` (instruction backtranslation)."""
-    messages: list[Message] = [{"role": "system", "content": system_text(task) + "\n\n" + REVERSE_NOTE}]
-    for ex in task.examples:
+def reverse_task_messages(task: TaskSpec, output: str, shots: Sequence[Example] | None = None,
+                          note: str = REVERSE_NOTE) -> list[Message]:
+    """The task prompt turned around (generate.direction=output): the demonstrations (`shots=None`: the
+    task's examples) map each example's output to its input, and the model writes the input for `output`
+    (instruction backtranslation). `note` is the system turn's line that says so."""
+    messages: list[Message] = [{"role": "system", "content": system_text(task) + "\n\n" + note}]
+    for ex in task.examples if shots is None else shots:
         messages.append({"role": "user", "content": ex.output})
         messages.append({"role": "assistant", "content": ex.input})
     messages.append({"role": "user", "content": output})

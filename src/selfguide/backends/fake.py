@@ -1,8 +1,8 @@
 """A scripted backend with no dependencies, for fast tests of control flow and for demos.
 
 By default it behaves like a tiny but well-formed model: asked for a new input (or output) it
-rewrites one of the example inputs (outputs) with a few new words; asked a task prompt it answers with a label chosen
-by a hash of the input (or, for generation, the input's words reversed). Pass `script` to return
+rewrites one of the example inputs (outputs) with a few new words; asked a task prompt it answers
+with a label chosen by a hash of the input (or, for generation, the input's words reversed). Pass `script` to return
 exactly what a test needs: `script(prompt, sample_index, seed) -> str`. A word counts as a token:
 a text longer than max_new_tokens words is cut there and reported as cut ("length"). Scores
 agree with the greedy answer: it gets log-probability -0.5 a token, anything else -3 a token,

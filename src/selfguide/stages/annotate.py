@@ -62,9 +62,9 @@ SELECTION_KEYS = ("label_source", "agree_margin", "balance", "balance_cap", "bal
 def labeller(ctx: Context) -> str:
     """The labeller this task uses: `auto` scores the labels of a classification task and votes on
     free text; `score` needs a label set and `mbr` free text; for the other kind of task (a bench
-    over both kinds) the vote labels it. Output-first synthesis brings its own labels. `selfguide run` refuses the mismatch before any work
-    (check_settings)."""
-    if generate.resolve_settings(ctx).direction == "output":
+    over both kinds) the vote labels it. Output-first synthesis brings its own labels. `selfguide run`
+    refuses the mismatch before any work (check_settings)."""
+    if generate.writes_outputs(ctx):
         return "backtranslated"
     chosen = "score" if ctx.cfg.annotate.labeller == "auto" else ctx.cfg.annotate.labeller
     fits = {"vote": True, "score": bool(ctx.task.labels), "mbr": not ctx.task.labels}[chosen]
@@ -80,7 +80,7 @@ def check_settings(ctx: Context) -> None:
     if ctx.cfg.annotate.labeller == "score" and not ctx.task.labels:
         raise ConfigError(f"annotate.labeller=score ranks a task's labels, but {ctx.task.id} is a generation task "
                           "(no label set); use annotate.labeller=vote or mbr for it")
-    if ctx.cfg.annotate.labeller == "mbr" and generate.resolve_settings(ctx).direction == "output":
+    if ctx.cfg.annotate.labeller == "mbr" and generate.writes_outputs(ctx):
         raise ConfigError(f"generate.direction=output labels each input of {ctx.task.id} with the output it was written "
                           "for, so annotate.labeller=mbr would not be used; drop one of the two")
     if ctx.cfg.annotate.labeller == "mbr" and ctx.task.labels:

@@ -101,11 +101,16 @@ def resolve_settings(ctx: Context) -> GenerateSettings:
     )
 
 
+def writes_outputs(ctx: Context) -> bool:
+    """generate.direction=output on a generation task. A classification task keeps writing inputs
+    (its outputs are labels)."""
+    return ctx.cfg.generate.direction == "output" and ctx.task.kind != "classification"
+
+
 def output_first_settings(ctx: Context) -> dict[str, Any]:
-    """direction=output on a generation task: the writer's length window and token budget come from
-    the example outputs. A classification task keeps writing inputs (its outputs are labels)."""
+    """Output-first synthesis: the writer's length window and token budget come from the example outputs."""
     g, task = ctx.cfg.generate, ctx.task
-    if g.direction != "output" or task.kind == "classification":
+    if not writes_outputs(ctx):
         return {}
     window = length_window([len(e.output) for e in task.examples]) if g.length_filter else None
     upper_chars = window.high if window else max(len(e.output) for e in task.examples) * 2
@@ -175,15 +180,15 @@ def run_generate(ctx: Context) -> dict[str, Any]:
     for ex in task.examples:
         dedup.add(ex.input)
         output_dedup.add(ex.output)
-    pool: list[str] = []  # what the writer is shown as earlier work: kept inputs, or kept outputs (direction=output)
+    written = "output" if s.direction == "output" else "input"  # what the writer writes, and is shown as earlier work
+    pool: list[str] = []
     for r in records:
-        if s.direction == "output" and not (r["reason"] or "").startswith("output_"):
+        if written == "output" and not (r["reason"] or "").startswith("output_"):
             output_dedup.add(r["output"])  # an output that passed its filters, whatever became of its input
         if r["status"] == "kept":
-            pool.append(r["output"] if s.direction == "output" else r["input"])
+            pool.append(r[written])
             dedup.add(r["input"])
 
-    write_round = output_first_round if s.direction == "output" else input_round
     with ctx.progress.bar(f"generate {task.id}", s.rounds if done_rounds <= s.rounds else s.max_rounds, "rounds") as bar:
         bar.resume(done_rounds)
         for rnd in units:
@@ -193,10 +198,11 @@ def run_generate(ctx: Context) -> dict[str, Any]:
                 bar.extend(s.max_rounds)
                 log.info("generate[%s]: %d inputs kept after %d rounds; going on until %d are kept (at most %d rounds)",
                          task.id, len(pool), rnd, s.min_kept, s.max_rounds)
-            batch = write_round(ctx, s, rnd, pool, dedup, output_dedup)
-            pool.extend((r["output"] if s.direction == "output" else r["input"]) for r in batch if r["status"] == "kept")
+            batch = (output_first_round(ctx, s, rnd, pool, dedup, output_dedup) if written == "output"
+                     else input_round(ctx, s, rnd, pool, dedup))
+            pool.extend(r[written] for r in batch if r["status"] == "kept")
             units.land(rnd, batch)
-            bar.advance(note=f"{len(pool)} {'pairs' if s.direction == 'output' else 'inputs'} kept")
+            bar.advance(note=f"{len(pool)} {'pairs' if written == 'output' else 'inputs'} kept")
 
     kept = [r for r in records if r["status"] == "kept"]
     rejected = [r for r in records if r["status"] != "kept"]
@@ -236,8 +242,7 @@ def write_round_drafts(ctx: Context, s: GenerateSettings, rnd: int, pool: list[s
     return drafts, outs
 
 
-def input_round(ctx: Context, s: GenerateSettings, rnd: int, pool: list[str], dedup: DedupIndex,
-                output_dedup: DedupIndex) -> list[dict[str, Any]]:
+def input_round(ctx: Context, s: GenerateSettings, rnd: int, pool: list[str], dedup: DedupIndex) -> list[dict[str, Any]]:
     """One round of the paper's synthesis: `prompts_per_round` new inputs, each filtered."""
     task = ctx.task
     drafts, outs = write_round_drafts(ctx, s, rnd, pool, "input")
